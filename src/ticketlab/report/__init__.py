@@ -1,0 +1,1 @@
+"""What users see: progress bars, tables in the terminal, PNG plots."""

@@ -1,0 +1,72 @@
+"""Results as a small table of records: what experiments return in Python and what `show` prints."""
+
+from __future__ import annotations
+
+import json
+import math
+import statistics
+from typing import Iterable
+
+from .store import rows_to_csv
+
+
+class Results:
+    """A list of dict rows in long (tidy) form, one per level x arm x seed (or per experiment's unit).
+
+    `rows` are plain dicts; `to_pandas()` gives a DataFrame where pandas is installed.
+    """
+
+    def __init__(self, rows: Iterable[dict]):
+        self.rows = [dict(r) for r in rows]
+
+    @property
+    def columns(self) -> list[str]:
+        cols: list[str] = []
+        for r in self.rows:
+            cols += [k for k in r if k not in cols]
+        return cols
+
+    def __len__(self):
+        return len(self.rows)
+
+    def __iter__(self):
+        return iter(self.rows)
+
+    def __getitem__(self, i):
+        return self.rows[i]
+
+    def where(self, **equal) -> "Results":
+        return Results(r for r in self.rows if all(r.get(k) == v for k, v in equal.items()))
+
+    def column(self, name: str) -> list:
+        return [r.get(name) for r in self.rows]
+
+    def to_csv(self) -> str:
+        return rows_to_csv(self.rows)
+
+    def to_json(self) -> str:
+        return json.dumps(self.rows, indent=2)
+
+    def to_pandas(self):
+        import pandas as pd  # optional: only for users who have it
+        return pd.DataFrame(self.rows)
+
+    def summary(self, by: tuple[str, ...] = ("level", "arm"), value: str = "test_accuracy") -> list[dict]:
+        """Mean, standard deviation and count of `value` per group, in first-seen order."""
+        groups: dict[tuple, list[dict]] = {}
+        for r in self.rows:
+            groups.setdefault(tuple(r.get(k) for k in by), []).append(r)
+        out = []
+        for key, rows in groups.items():
+            vals = [float(r[value]) for r in rows if r.get(value) not in (None, "")]
+            row = dict(zip(by, key))
+            for extra in ("weights_remaining",):
+                if extra in rows[0] and extra not in row:
+                    row[extra] = float(rows[0][extra])
+            row.update(mean=statistics.fmean(vals) if vals else math.nan,
+                       std=statistics.stdev(vals) if len(vals) > 1 else 0.0, n=len(vals))
+            out.append(row)
+        return out
+
+    def __repr__(self) -> str:
+        return f"Results({len(self.rows)} rows; columns: {', '.join(self.columns)})"

@@ -1,0 +1,91 @@
+"""A mask: one bool tensor per prunable parameter, keyed by the parameter's name (True = kept)."""
+
+from __future__ import annotations
+
+from typing import Iterable
+
+import torch
+from torch import nn
+
+from ..errors import UserError
+
+
+class Mask:
+    """Layers are kept in `order` (e.g. the model's order of prunable names), else sorted by name: random
+    draws per layer (ties, random pruning) then do not depend on where the tensors came from."""
+
+    def __init__(self, tensors: dict[str, torch.Tensor], order: Iterable[str] | None = None):
+        keys = [k for k in order if k in tensors] if order is not None else sorted(tensors)
+        if len(keys) != len(tensors):
+            keys += sorted(set(tensors) - set(keys))
+        self.tensors = {k: tensors[k].to(torch.bool) for k in keys}
+        self._float: dict[tuple, list[torch.Tensor]] = {}
+
+    @classmethod
+    def ones(cls, model: nn.Module, names: Iterable[str]) -> "Mask":
+        params = dict(model.named_parameters())
+        names = list(names)
+        return cls({n: torch.ones_like(params[n], dtype=torch.bool, device="cpu") for n in names}, order=names)
+
+    # ------------------------------------------------------------------------------------- counting
+    def __getitem__(self, name: str) -> torch.Tensor:
+        return self.tensors[name]
+
+    def __iter__(self):
+        return iter(self.tensors)
+
+    def __len__(self):
+        return len(self.tensors)
+
+    def kept(self) -> int:
+        return int(sum(int(m.sum()) for m in self.tensors.values()))
+
+    def total(self) -> int:
+        return sum(m.numel() for m in self.tensors.values())
+
+    def density(self) -> float:
+        """Fraction of the masked weights that are kept (the papers' '% weights remaining' / 100)."""
+        return self.kept() / max(self.total(), 1)
+
+    def layer_density(self) -> dict[str, float]:
+        return {n: float(m.float().mean()) for n, m in self.tensors.items()}
+
+    def report(self) -> list[dict]:
+        """Per-layer sparsity rows: name, shape, kept, total, density."""
+        return [{"layer": n, "shape": list(m.shape), "kept": int(m.sum()), "total": m.numel(),
+                 "density": float(m.float().mean())} for n, m in self.tensors.items()]
+
+    def equal(self, other: "Mask") -> bool:
+        return self.tensors.keys() == other.tensors.keys() and all(
+            torch.equal(self.tensors[k], other.tensors[k].to(self.tensors[k].device)) for k in self.tensors)
+
+    # -------------------------------------------------------------------------------- application
+    def apply_(self, model: nn.Module) -> None:
+        """Zero the pruned weights in place. Called after every optimizer step: the +3% path of design.md,
+        instead of forward hooks or parametrisations (+11-13%)."""
+        params = dict(model.named_parameters())
+        targets = [params[n].data for n in self.tensors]
+        key = tuple((t.device, t.dtype) for t in targets[:1])
+        floats = self._float.get(key)
+        if floats is None:
+            floats = [m.to(device=t.device, dtype=t.dtype) for m, t in zip(self.tensors.values(), targets)]
+            self._float = {key: floats}
+        with torch.no_grad():
+            torch._foreach_mul_(targets, floats)
+
+    def applied(self, weights: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """A copy of a state dict with the pruned weights zeroed."""
+        return {k: (v * self.tensors[k].to(v.device, v.dtype) if k in self.tensors else v.clone()) for k, v in weights.items()}
+
+    # ------------------------------------------------------------------------------------ storage
+    def to_tensors(self) -> dict[str, torch.Tensor]:
+        return {k: v.cpu() for k, v in self.tensors.items()}
+
+    @classmethod
+    def from_tensors(cls, tensors: dict[str, torch.Tensor], model: nn.Module | None = None) -> "Mask":
+        if model is not None:
+            params = dict(model.named_parameters())
+            for k, v in tensors.items():
+                if k not in params or params[k].shape != v.shape:
+                    raise UserError(f"mask entry {k!r} {tuple(v.shape)} does not match the model's parameters")
+        return cls(tensors)

@@ -1,0 +1,213 @@
+"""Run folders: every file of a run is written here, atomically, and read back only if it checks out.
+
+Layout: `<out>/<experiment>-<hash>/` holds `spec.json` and the run's summary files; each piece of work
+(a seed's level and arm, say) is a *unit*, a sub-folder with a `MANIFEST.json` listing the size and
+SHA-256 of each of its files. A unit is done when its manifest says so and every file matches: a
+truncated, edited or foreign file (a pickle dropped where a checkpoint belongs, say) fails the check and
+the unit is recomputed, never used. Checkpoints of a unit in progress live in its `checkpoint/` folder
+under their own manifest.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import shutil
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from . import spec as specs
+from .errors import UserError
+from .io import (CorruptFile, atomic_write_bytes, sha256_bytes, sha256_file, tensors_from_bytes,
+                 tensors_to_bytes, to_json)
+
+MANIFEST = "MANIFEST.json"
+FORMAT = 1
+
+
+def encode(name: str, payload: Any) -> bytes:
+    """File contents by extension: .safetensors (dict of tensors), .json, .jsonl (list of dicts),
+    .csv (list of dicts), anything else bytes or str."""
+    if name.endswith(".safetensors"):
+        return tensors_to_bytes(payload)
+    if name.endswith(".json"):
+        return to_json(payload).encode()
+    if name.endswith(".jsonl"):
+        return "".join(json.dumps(r, sort_keys=True) + "\n" for r in payload).encode()
+    if name.endswith(".csv"):
+        return rows_to_csv(payload).encode()
+    return payload if isinstance(payload, bytes) else str(payload).encode()
+
+
+def rows_to_csv(rows: list[dict]) -> str:
+    columns: list[str] = []
+    for r in rows:
+        columns += [k for k in r if k not in columns]
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=columns, lineterminator="\n")
+    w.writeheader()
+    w.writerows(rows)
+    return buf.getvalue()
+
+
+def decode(name: str, data: bytes, where: str):
+    try:
+        if name.endswith(".safetensors"):
+            return tensors_from_bytes(data, where)
+        if name.endswith(".json"):
+            return json.loads(data)
+        if name.endswith(".jsonl"):
+            return [json.loads(line) for line in data.decode().splitlines() if line.strip()]
+        if name.endswith(".csv"):
+            return list(csv.DictReader(io.StringIO(data.decode())))
+        return data
+    except (ValueError, UnicodeDecodeError) as e:
+        raise CorruptFile(f"{where}: unreadable ({e})") from None
+
+
+class Unit:
+    """A folder of files that are written together and trusted only while they match their manifest."""
+
+    def __init__(self, path: Path):
+        self.path = Path(path)
+        self._verified = False
+
+    # -------------------------------------------------------------------------------------- manifest
+    def manifest(self) -> dict | None:
+        try:
+            m = json.loads((self.path / MANIFEST).read_bytes())
+            return m if isinstance(m, dict) and isinstance(m.get("files"), dict) else None
+        except (OSError, ValueError):
+            return None
+
+    def is_done(self) -> bool:
+        """Complete and intact. Verified once per process; later calls trust the first check."""
+        if self._verified:
+            return True
+        m = self.manifest()
+        if not m or not m.get("complete"):
+            return False
+        for name, entry in m["files"].items():
+            f = self.path / name
+            try:
+                if f.stat().st_size != entry["size"] or sha256_file(f) != entry["sha256"]:
+                    return False
+            except OSError:
+                return False
+        self._verified = True
+        return True
+
+    def commit(self, files: dict[str, Any], *, clear: bool = True) -> None:
+        """Write all files (atomically, one by one), then the manifest that marks the unit complete."""
+        if clear and self.path.exists():
+            shutil.rmtree(self.path)
+        entries = {}
+        for name, payload in files.items():
+            data = encode(name, payload)
+            atomic_write_bytes(self.path / name, data)
+            entries[name] = {"size": len(data), "sha256": sha256_bytes(data)}
+        atomic_write_bytes(self.path / MANIFEST, to_json({"format": FORMAT, "complete": True, "files": entries}).encode())
+        self._verified = True
+
+    def write(self, name: str, payload: Any) -> None:
+        """Add or replace one file of an open-ended unit (the run's summary files)."""
+        data = encode(name, payload)
+        atomic_write_bytes(self.path / name, data)
+        m = self.manifest() or {"format": FORMAT, "complete": False, "files": {}}
+        m["files"][name] = {"size": len(data), "sha256": sha256_bytes(data)}
+        atomic_write_bytes(self.path / MANIFEST, to_json(m).encode())
+
+    def read(self, name: str):
+        """A file's decoded contents; CorruptFile unless it matches the manifest."""
+        m = self.manifest()
+        where = str(self.path / name)
+        entry = m["files"].get(name) if m else None
+        if entry is None:
+            raise CorruptFile(f"{where}: not listed in {MANIFEST}")
+        try:
+            data = (self.path / name).read_bytes()
+        except OSError as e:
+            raise CorruptFile(f"{where}: cannot read ({e.strerror})") from None
+        if len(data) != entry["size"] or sha256_bytes(data) != entry["sha256"]:
+            raise CorruptFile(f"{where}: size or SHA-256 differs from {MANIFEST} (truncated or changed)")
+        return decode(name, data, where)
+
+    def unit(self, *parts: str) -> "Unit":
+        return Unit(self.path.joinpath(*parts))
+
+    def remove(self) -> None:
+        if self.path.exists():
+            shutil.rmtree(self.path)
+        self._verified = False
+
+    # ------------------------------------------------------------------------------------ checkpoints
+    def save_checkpoint(self, tensors: dict[str, torch.Tensor], state: dict) -> None:
+        """Keep the newest checkpoint of work in progress; a kill while saving leaves the previous one."""
+        step = int(state["step"])
+        ck = self.path / "checkpoint"
+        names = {"tensors": f"state-{step}.safetensors", "state": f"state-{step}.json"}
+        blobs = {names["tensors"]: tensors_to_bytes(tensors), names["state"]: to_json(state).encode()}
+        for name, data in blobs.items():
+            atomic_write_bytes(ck / name, data)
+        entries = {n: {"size": len(d), "sha256": sha256_bytes(d)} for n, d in blobs.items()}
+        atomic_write_bytes(ck / MANIFEST, to_json({"format": FORMAT, "complete": True, "step": step,
+                                                   "names": names, "files": entries}).encode())
+        for old in ck.iterdir():
+            if old.name not in blobs and old.name != MANIFEST:
+                old.unlink(missing_ok=True)
+
+    def load_checkpoint(self) -> tuple[dict[str, torch.Tensor], dict] | None:
+        """The newest intact checkpoint, or None (also when it is corrupt: then work restarts)."""
+        ck = self.unit("checkpoint")
+        m = ck.manifest()
+        if not m or "names" not in m:
+            return None
+        try:
+            return ck.read(m["names"]["tensors"]), ck.read(m["names"]["state"])
+        except (CorruptFile, KeyError, TypeError):
+            return None
+
+    def clear_checkpoint(self) -> None:
+        shutil.rmtree(self.path / "checkpoint", ignore_errors=True)
+
+
+class Run(Unit):
+    """A run folder: `spec.json`, summary files, and units of work below it."""
+
+    def __init__(self, path: Path, spec):
+        super().__init__(path)
+        self.spec = spec
+
+    @classmethod
+    def open(cls, out: str | os.PathLike, spec, *, force: bool = False) -> "Run":
+        """Create or reopen `<out>/<experiment>-<hash>/`. `force` discards what an earlier run left."""
+        path = Path(out) / f"{spec.experiment}-{specs.spec_hash(spec)}"
+        if force and path.exists():
+            trash = path.with_name(f".{path.name}.discarded-{os.getpid()}")
+            os.replace(path, trash)  # one atomic step: a kill during the delete leaves no half-run
+            shutil.rmtree(trash)
+        run = cls(path, spec)
+        record = {"experiment": spec.experiment, "hash": specs.spec_hash(spec),
+                  "non_default": specs.non_default(spec), "spec": specs.to_dict(spec)}
+        try:
+            existing = run.read("spec.json")
+        except CorruptFile:
+            existing = None
+        if existing is not None and existing.get("non_default") != record["non_default"]:
+            raise UserError(f"{path} holds a different spec (hash collision?); use another --out")
+        if existing != record:
+            path.mkdir(parents=True, exist_ok=True)
+            run.write("spec.json", record)
+        return run
+
+
+def open_existing(path: str | os.PathLike) -> Unit:
+    """A finished or unfinished run folder given by a user (for `ticketlab show`)."""
+    path = Path(path)
+    if not (path / "spec.json").is_file():
+        raise UserError(f"{path} is not a ticketlab run folder (no spec.json); expected e.g. runs/lottery-<hash>")
+    return Unit(path)
