@@ -420,7 +420,7 @@ class TrainSpec:
     steps: str = setting("1500it", "training length: 500it, 50ep, 1ep50it", Step())
     batch_size: int = setting(100, "minibatch size", Int(1))
     optimizer: str = setting("adam", f"optimizer: {', '.join(OPTIMIZERS)}", Choice("optimizer", lambda: OPTIMIZERS))
-    lr: float = setting(1e-2, "learning rate", Float(0, None, low_open=True))
+    lr: float = setting(5e-3, "learning rate", Float(0, None, low_open=True))
     momentum: float = setting(0.9, "SGD momentum", Float(0, 1, high_open=True))
     nesterov: bool = setting(False, "SGD with Nesterov momentum", Bool())
     weight_decay: float = setting(0.0, "L2 weight decay", Float(0))

@@ -99,8 +99,14 @@ class Plan:
 
 # ----------------------------------------------------------------------------------------------- units
 class Lottery:
-    def __init__(self, spec: LotterySpec, setup: Setup, run: Run, bars: Bars):
-        self.spec, self.setup, self.run, self.bars = spec, setup, run, bars
+    """The units of one lottery experiment. Built (and so validated) before the run folder is opened;
+    `run` and `bars` are attached afterwards."""
+
+    def __init__(self, spec: LotterySpec, setup: Setup):
+        self.spec, self.setup = spec, setup
+        self.run: Run | None = None
+        self.bars: Bars | None = None
+        self._rewind_points: dict[int, tuple[dict, dict]] = {}
         self.plan = Plan.of(spec, setup)
         probe = setup.new_model_like()
         self.prunable = models.prunable_names(probe)
@@ -127,6 +133,11 @@ class Lottery:
     # --------------------------------------------------------------------------------- rewind point
     def rewind_point(self, seed: int) -> tuple[dict, dict]:
         """(w_0, w_k): the init and the weights at the rewind step, trained once and shared by all levels."""
+        if seed not in self._rewind_points:
+            self._rewind_points[seed] = self._make_rewind_point(seed)
+        return self._rewind_points[seed]
+
+    def _make_rewind_point(self, seed: int) -> tuple[dict, dict]:
         unit = self.run.unit(f"seed-{seed}", "pretrain")
         if unit.is_done():
             try:
@@ -232,11 +243,11 @@ COLUMNS = ("level", "weights_remaining", "arm", "seed", "test_accuracy", "best_a
 def run(spec: LotterySpec, *, out: str = "runs", force: bool = False, progress: bool | None = None) -> Results:
     """Run (or resume) a lottery experiment; returns the tidy results and writes them into the run folder."""
     setup = Setup.prepare(spec)
-    Plan.of(spec, setup)  # bad steps fail before the run folder exists
+    lottery = Lottery(spec, setup)  # bad input fails here, before the run folder exists
     run_folder = Run.open(out, spec, force=force)
     rows: list[dict] = []
     with Bars(progress) as bars:
-        lottery = Lottery(spec, setup, run_folder, bars)
+        lottery.run, lottery.bars = run_folder, bars
         arms = ["ticket", *spec.lottery.controls]
         bars.print(f"run folder: {run_folder.path}")
         bars.print(header(arms))
