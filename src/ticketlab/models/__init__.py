@@ -15,6 +15,7 @@ from torch import nn
 
 from ticketlab.errors import UserError, unknown_name
 from ticketlab.models.conv import conv_net, mnist1d_cnn
+from ticketlab.models.conv_bn import mnist1d_cnn_bn
 from ticketlab.models.init import INITS, WEIGHTED, check_init, check_seed, initialize
 from ticketlab.models.mlp import mlp
 from ticketlab.models.resnet import resnet
@@ -47,6 +48,7 @@ _REGISTRY: dict[str, _Entry] = {
     "vgg11_bn": _Entry(vgg(11)),
     "vgg13_bn": _Entry(vgg(13)),
     "vgg19_bn": _Entry(vgg(19)),
+    "mnist1d_cnn_bn": _Entry(mnist1d_cnn_bn),
 }
 
 MODELS: tuple[str, ...] = tuple(_REGISTRY)

@@ -48,3 +48,142 @@ def accuracy_vs_sparsity(summary: list[dict], title: str, dense: float | None = 
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     return _png(fig)
+
+
+# ------------------------------------------------------------------------------------ training dynamics
+def lca_by_layer(steps: list[int], layers: dict[str, list[float]], title: str) -> bytes:
+    """Cumulative LCA of each layer over training (Lan et al. 2019, Fig. 3 style); below zero = helped."""
+    import numpy as np
+
+    fig, ax = plt.subplots(figsize=(6.4, 4.2))
+    for name, values in layers.items():
+        ax.plot(steps, np.cumsum(values), label=name or "(root)", lw=1.2)
+    ax.axhline(0, color="gray", lw=0.8)
+    ax.set_xlabel("iteration")
+    ax.set_ylabel("cumulative LCA (loss change)")
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    return _png(fig)
+
+
+def lca_fraction_helped(steps: list[int], fractions: dict[str, list[float]], title: str) -> bytes:
+    """% of parameters with negative LCA at each iteration, one curve per run (seed / ticket)."""
+    fig, ax = plt.subplots(figsize=(6.4, 4.2))
+    for label, values in fractions.items():
+        ax.plot(steps[:len(values)], [100 * v for v in values], lw=1, label=label)
+    ax.axhline(50, color="gray", ls="--", lw=0.8)
+    ax.set_xlabel("iteration")
+    ax.set_ylabel("% parameters helping (LCA < 0)")
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    return _png(fig)
+
+
+def lca_neuron_heatmap(values, layer: str, title: str) -> bytes:
+    """Per-neuron LCA of one layer over training: rows neurons, columns iterations, red hurts, blue helps."""
+    import numpy as np
+
+    v = np.asarray(values).T
+    # the first steps dwarf the rest: clip the colour scale at the 99th percentile of |LCA|
+    a = np.abs(v)
+    lim = float(np.percentile(a, 99)) if a.size else 0.0
+    lim = lim or (float(a.max()) if a.size else 0.0) or 1.0
+    fig, ax = plt.subplots(figsize=(7.2, 4.2))
+    im = ax.imshow(v, aspect="auto", cmap="RdBu_r", vmin=-lim, vmax=lim, interpolation="nearest")
+    fig.colorbar(im, ax=ax, label="LCA")
+    ax.set_xlabel("iteration")
+    ax.set_ylabel(f"neuron of {layer}")
+    ax.set_title(title)
+    return _png(fig)
+
+
+def interpolation_error(curves: dict[str, tuple[list[float], list[float]]], title: str) -> bytes:
+    """Test error along the straight path between two trained copies, one curve per rewind point k."""
+    fig, ax = plt.subplots(figsize=(6.4, 4.2))
+    for label, (alphas, errors) in curves.items():
+        ax.plot(alphas, [100 * e for e in errors], marker=".", ms=3, lw=1, label=label)
+    ax.set_xlabel("interpolation alpha")
+    ax.set_ylabel("test error (%)")
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    return _png(fig)
+
+
+def barrier_vs_rewind(series: dict[str, tuple[list[int], list[float]]], title: str) -> bytes:
+    """Error barrier (max error on the path minus the endpoints' mean) against the step k of the copy."""
+    fig, ax = plt.subplots(figsize=(6.4, 4.2))
+    for label, (ks, barriers) in series.items():
+        ax.plot(ks, [100 * b for b in barriers], marker="o", ms=4, label=label)
+    ax.axhline(2, color="gray", ls="--", lw=0.8, label="2% (stable)")
+    ax.set_xlabel("step k of the copy")
+    ax.set_ylabel("error barrier (%)")
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    return _png(fig)
+
+
+def supermask_curves(curves: dict, title: str) -> bytes:
+    """Test accuracy of a learned supermask vs training step, one line per seed (sampled mask, solid;
+    expected mask where there is one, dashed)."""
+    fig, ax = plt.subplots(figsize=(6.4, 4.2))
+    for i, (seed, rows) in enumerate(curves.items()):
+        color = f"C{i % 10}"
+        ax.plot([r["step"] for r in rows], [100 * r["test_accuracy"] for r in rows], color=color, label=f"seed {seed}")
+        if any(r.get("expected_mask_accuracy") is not None for r in rows):
+            ax.plot([r["step"] for r in rows], [100 * (r.get("expected_mask_accuracy") or 0) for r in rows], color=color,
+                    ls="--", lw=1, label=f"seed {seed} (expected mask)")
+    ax.set_xlabel("training step (scores)")
+    ax.set_ylabel("test accuracy (%)")
+    ax.set_title(title, fontsize=9)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    return _png(fig)
+
+
+def accuracy_by_criterion(summary: list[dict], title: str, dense: float | None = None) -> bytes:
+    """Zhou et al. Fig. 2 style: test accuracy vs % weights remaining, one curve per mask criterion (mean +- std
+    over seeds), the dense network as a horizontal line. `summary` rows: criterion, weights_remaining, mean, std."""
+    rows = [{**r, "arm": r["criterion"]} for r in summary]
+    return accuracy_vs_sparsity(rows, title, dense)
+
+
+def mask_distance_matrix(matrices: dict[str, list[list[float]]], title: str, marks: dict[str, int | None] | None = None) -> bytes:
+    """Normalised Hamming distance between the masks of every pair of epochs (You et al. 2020, Fig. 2),
+    one panel per pruning ratio; a cross marks the early-bird epoch."""
+    import numpy as np
+
+    n = len(matrices)
+    fig, axes = plt.subplots(1, n, figsize=(3.6 * n, 3.4), squeeze=False)
+    for ax, (label, m) in zip(axes[0], matrices.items()):
+        m = np.asarray(m)
+        im = ax.imshow(m, cmap="viridis_r", vmin=0, vmax=max(float(m.max()), 1e-9), origin="upper",
+                       extent=(0.5, m.shape[0] + 0.5, m.shape[0] + 0.5, 0.5))
+        eb = (marks or {}).get(label)
+        if eb is not None:
+            ax.plot([eb], [eb], "rx", ms=8)
+        ax.set_title(label, fontsize=9)
+        ax.set_xlabel("epoch")
+        ax.set_ylabel("epoch")
+        fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04)
+    fig.tight_layout()
+    fig.suptitle(title, fontsize=10)
+    return _png(fig)
+
+
+def ticket_accuracy_by_epoch(series: dict[str, tuple[list[int], list[float]]], title: str, dense: float | None = None) -> bytes:
+    """Retrained accuracy of tickets drawn at each epoch."""
+    fig, ax = plt.subplots(figsize=(6.4, 4.2))
+    for label, (epochs, accs) in series.items():
+        ax.plot(epochs, [100 * a for a in accs], marker="o", ms=4, label=label)
+    if dense is not None:
+        ax.axhline(100 * dense, color="gray", ls="--", lw=1, label=f"dense ({100 * dense:.1f}%)")
+    ax.set_xlabel("epoch the ticket is drawn at")
+    ax.set_ylabel("test accuracy after retraining (%)")
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    return _png(fig)

@@ -74,8 +74,13 @@ class Checkpoints:
     def load(self):
         return self.unit.load_checkpoint() if self.unit is not None else None
 
+    def resume_step(self) -> int | None:
+        """The step the newest intact checkpoint would resume from (None: start afresh)."""
+        loaded = self.load()
+        return None if loaded is None else int(loaded[1]["step"])
 
-def _optimizer_to_flat(opt: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict]:
+
+def optimizer_to_flat(opt: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict]:
     sd = opt.state_dict()
     tensors, scalars = {}, {}
     for pid, st in sd["state"].items():
@@ -87,7 +92,7 @@ def _optimizer_to_flat(opt: torch.optim.Optimizer) -> tuple[dict[str, torch.Tens
     return tensors, {"param_groups": sd["param_groups"], "scalars": scalars}
 
 
-def _optimizer_from_flat(opt: torch.optim.Optimizer, tensors: dict, meta: dict) -> None:
+def optimizer_from_flat(opt: torch.optim.Optimizer, tensors: dict, meta: dict) -> None:
     state: dict[int, dict] = {}
     for key, v in tensors.items():
         if key.startswith("opt."):
@@ -101,11 +106,21 @@ def _optimizer_from_flat(opt: torch.optim.Optimizer, tensors: dict, meta: dict) 
 
 def fit(model: nn.Module, data: Dataset, train, *, seed: int, start: int, end: int, schedule: Schedule,
         mask: Mask | None = None, checkpoints: Checkpoints | None = None,
-        progress: Callable[[int], None] | None = None, on_step: Callable[[int, nn.Module], None] | None = None) -> FitResult:
+        progress: Callable[[int], None] | None = None, on_step: Callable[[int, nn.Module], None] | None = None,
+        callbacks=None) -> FitResult:
     """Train `model` in place on iterations [start, end) and evaluate every `train.eval_every`.
 
     `data` must already be on the model's device. `on_step(step, model)` is called after each completed
     iteration (e.g. to capture the weights at a rewind point).
+
+    `callbacks` (optional) is an instrument that watches training: `before_step(step, model)` is called
+    before iteration `step` and `after_step(step + 1, model)` once its update (and the mask) is applied;
+    `after_step` returning True ends training there (evaluated at that step). An optional
+    `after_backward(step, model)` may change the gradients before the optimizer step (a penalty's
+    subgradient, say).
+    If it has `state_dict()` / `load_state_dict(tensors)` (tensors only), its state travels in the
+    checkpoints under the `callback.` prefix, so a resumed run gives the callback exactly what an
+    uninterrupted one would.
     """
     device = next(model.parameters()).device
     order = BatchOrder(data, train.batch_size, seed, augment=True)
@@ -122,12 +137,14 @@ def fit(model: nn.Module, data: Dataset, train, *, seed: int, start: int, end: i
     if resumed is not None:
         tensors, state = resumed
         model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
-        _optimizer_from_flat(opt, {k: v.to(device) if k.startswith("opt.") and v.dim() else v for k, v in tensors.items()}, state["optimizer"])
+        optimizer_from_flat(opt, {k: v.to(device) if k.startswith("opt.") and v.dim() else v for k, v in tensors.items()}, state["optimizer"])
         torch.set_rng_state(tensors["rng.cpu"])
         if device.type == "cuda" and "rng.cuda" in tensors:
             torch.cuda.set_rng_state(tensors["rng.cuda"])
         running = tensors["running_loss"].to(device)
         count, step, metrics = state["count"], state["step"], state["metrics"]
+        if callbacks is not None and hasattr(callbacks, "load_state_dict"):
+            callbacks.load_state_dict({k[9:]: v for k, v in tensors.items() if k.startswith("callback.")})
     if mask is not None:
         mask.apply_(model)
 
@@ -142,24 +159,31 @@ def fit(model: nn.Module, data: Dataset, train, *, seed: int, start: int, end: i
 
     def snapshot() -> None:
         tensors = {f"model.{k}": v for k, v in model.state_dict().items()}
-        opt_tensors, opt_meta = _optimizer_to_flat(opt)
+        opt_tensors, opt_meta = optimizer_to_flat(opt)
         tensors.update(opt_tensors)
         tensors["rng.cpu"] = torch.get_rng_state()
         if device.type == "cuda":
             tensors["rng.cuda"] = torch.cuda.get_rng_state()
         tensors["running_loss"] = running
+        if callbacks is not None and hasattr(callbacks, "state_dict"):
+            tensors.update({f"callback.{k}": v for k, v in callbacks.state_dict().items()})
         checkpoints.save(tensors, {"step": step, "count": count, "metrics": metrics, "optimizer": opt_meta})
 
     if not metrics:
         record(start)
     model.train()
     params = [p for p in model.parameters() if p.requires_grad]
+    after_backward = getattr(callbacks, "after_backward", None)
     while step < end:
+        if callbacks is not None:
+            callbacks.before_step(step, model)
         x, y = order.batch(step)
         loss = F.cross_entropy(model(x), y)
         for p in params:
             p.grad = None
         loss.backward()
+        if after_backward is not None:
+            after_backward(step, model)
         lr = schedule(step)
         for g in opt.param_groups:
             g["lr"] = lr
@@ -169,13 +193,16 @@ def fit(model: nn.Module, data: Dataset, train, *, seed: int, start: int, end: i
         running += loss.detach()
         count += 1
         step += 1
+        stop = callbacks is not None and callbacks.after_step(step, model) is True
         if on_step is not None:
             on_step(step, model)
-        at_eval = step % every == 0 or step == end
+        at_eval = step % every == 0 or step == end or stop
         if at_eval:
             record(step)
         if step < end and checkpoints.due(step, at_eval):
             snapshot()
         if progress is not None:
             progress(step - start)
-    return FitResult.from_metrics(metrics, end - start)
+        if stop:
+            break
+    return FitResult.from_metrics(metrics, step - start)

@@ -1,0 +1,100 @@
+"""Real channel pruning: from a network with BatchNorm and a channel mask, the smaller dense network that
+computes the same function as the masked one (Network Slimming, Liu et al. 2017; Early-Bird, You et al. 2020).
+
+The masked network is the original with gamma = beta = 0 on the pruned channels, so those channels output
+exactly 0 after BatchNorm and ReLU; removing them (their filters, their BatchNorm entries and the matching
+input slices of the next layer) changes nothing but the cost. Supported: `mnist1d_cnn_bn`. A layer whose
+channels would all go keeps one channel with gamma = beta = 0 (still outputting 0), so shapes stay valid.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from ..errors import UserError
+from ..models.conv_bn import MNIST1DCNNBN
+from .mask_distance import bn_layers
+
+SUPPORTED = ("mnist1d_cnn_bn",)
+
+
+def split(model: nn.Module, keep: torch.Tensor) -> dict[str, torch.Tensor]:
+    """A flat channel mask (over `bn_layers(model)` in order) as one bool vector per BatchNorm layer."""
+    modules = dict(model.named_modules())
+    out, start = {}, 0
+    for name in bn_layers(model):
+        n = modules[name].num_features
+        out[name] = keep[start:start + n].clone()
+        start += n
+    if start != keep.numel():
+        raise ValueError(f"channel mask has {keep.numel()} entries, the network {start} BatchNorm channels")
+    return out
+
+
+@torch.no_grad()
+def mask_channels_(model: nn.Module, keep: dict[str, torch.Tensor]) -> None:
+    """Zero gamma and beta of the pruned channels in place (the masked network)."""
+    modules = dict(model.named_modules())
+    for name, k in keep.items():
+        bn = modules[name]
+        bn.weight[~k.to(bn.weight.device)] = 0
+        bn.bias[~k.to(bn.bias.device)] = 0
+
+
+@torch.no_grad()
+def prune_channels(model: nn.Module, keep: dict[str, torch.Tensor]) -> nn.Module:
+    """The smaller network. `model` itself is not changed."""
+    if not isinstance(model, MNIST1DCNNBN):
+        raise UserError(f"real channel pruning supports {', '.join(SUPPORTED)}; got {type(model).__name__}")
+    idx, empty = [], []
+    for i in (1, 2, 3):
+        k = keep[f"bn{i}"].cpu()
+        kept = k.nonzero().squeeze(1)
+        empty.append(len(kept) == 0)
+        idx.append(kept if len(kept) else torch.tensor([0]))
+    device = model.fc.weight.device
+    small = MNIST1DCNNBN(model.length, model.fc.out_features, tuple(len(i) for i in idx)).to(device)
+    previous = None
+    for i, rows in enumerate(idx, start=1):
+        rows = rows.to(device)
+        conv, bn = getattr(model, f"conv{i}"), getattr(model, f"bn{i}")
+        w = conv.weight.index_select(0, rows)
+        if previous is not None:
+            w = w.index_select(1, previous)
+        getattr(small, f"conv{i}").weight.copy_(w)
+        sbn = getattr(small, f"bn{i}")
+        for attr in ("weight", "bias", "running_mean", "running_var"):
+            getattr(sbn, attr).copy_(getattr(bn, attr).index_select(0, rows))
+        sbn.num_batches_tracked.copy_(bn.num_batches_tracked)
+        if empty[i - 1]:
+            sbn.weight.zero_()
+            sbn.bias.zero_()
+        previous = rows
+    fc = model.fc.weight.view(model.fc.out_features, -1, model.out_length)
+    small.fc.weight.copy_(fc.index_select(1, previous).reshape(model.fc.out_features, -1))
+    small.fc.bias.copy_(model.fc.bias)
+    small.train(model.training)
+    return small
+
+
+def forward_flops(model: nn.Module, input_shape: tuple[int, ...]) -> int:
+    """2 x multiply-accumulates of one forward pass of one sample through the convolutions and linear layers,
+    counting only nonzero weights (so a masked network's figure is its sparse, theoretical cost)."""
+    total = [0]
+
+    def hook(module, inputs, output):
+        positions = output[0, 0].numel() if output.dim() > 2 else 1
+        total[0] += 2 * int(module.weight.count_nonzero()) * positions
+
+    handles = [m.register_forward_hook(hook) for m in model.modules() if isinstance(m, (nn.Linear, nn.Conv1d, nn.Conv2d))]
+    was = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            model(torch.zeros(1, *input_shape, device=next(model.parameters()).device))
+    finally:
+        for h in handles:
+            h.remove()
+        model.train(was)
+    return total[0]
