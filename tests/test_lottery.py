@@ -122,7 +122,7 @@ def test_a_corrupt_unit_is_recomputed_not_used(tmp_path):
     assert Unit(u.path).is_done()
 
 
-KILL_SPEC = ["--dataset", "synthetic", "--model", "mlp", "--widths", "256,256", "--steps", "1500it", "--batch-size", "60",
+KILL_SPEC = ["--dataset", "synthetic", "--model", "mlp", "--widths", "256,256", "--steps", "900it", "--batch-size", "60",
              "--eval-every", "100it", "--checkpoint-every", "50it", "--levels", "2", "--controls", "random_reinit",
              "--lr", "0.002", "--no-progress"]
 
@@ -161,3 +161,16 @@ def test_sigkill_mid_level_then_resume_is_bit_identical(tmp_path, python, cli_en
             assert (ref_dir / rel / name).read_bytes() == (run_dir / rel / name).read_bytes(), (rel, name)
     strip = lambda rows: [{k: v for k, v in r.items() if k != "seconds"} for r in rows]
     assert strip(json.loads((ref_dir / "results.json").read_text())) == strip(json.loads((run_dir / "results.json").read_text()))
+
+
+def test_lca_flag_records_loss_change_allocation_for_every_unit(tmp_path):
+    spec = small(levels=1, lca=True)
+    res = run(spec, out=tmp_path)
+    assert {"lca_relative_error", "lca_fraction_helped"} <= set(res.columns)
+    for r in res:
+        assert r["lca_relative_error"] < 1e-2 and 0 < r["lca_fraction_helped"] < 1
+        u = unit(tmp_path, spec, 0, r["level"], r["arm"])
+        steps = u.read("lca_steps.csv")
+        assert len(steps) == 60 and u.read("lca_summary.json")["steps"] == 60
+    plain = run(small(levels=1), out=tmp_path / "plain")
+    assert [r["test_accuracy"] for r in plain] == [r["test_accuracy"] for r in res], "recording LCA does not change training"

@@ -98,3 +98,18 @@ def test_run_folder_named_by_spec_hash_and_force_discards(tmp_path):
     forced = Run.open(tmp_path, spec, force=True)
     assert not forced.unit("seed-0").is_done() and (forced.path / "spec.json").exists()
     assert [p.name for p in tmp_path.iterdir()] == [run.path.name]
+
+
+def test_a_run_folder_made_under_other_defaults_is_not_reused(tmp_path):
+    import json
+    spec = specs.from_mapping(LotterySpec, {"levels": 2})
+    run = Run.open(tmp_path, spec)
+    record = run.read("spec.json")
+    record["spec"]["train"]["lr"] = 0.123  # as if the default learning rate had been different then
+    run.write("spec.json", record)
+    with pytest.raises(UserError, match="other values of lr"):
+        Run.open(tmp_path, spec)
+    record["spec"]["train"]["device"] = "cuda"  # unhashed settings may differ
+    record["spec"]["train"]["lr"] = spec.train.lr
+    run.write("spec.json", record)
+    Run.open(tmp_path, spec)

@@ -432,7 +432,9 @@ class TrainSpec:
     eval_batch_size: int = setting(10000, "batch size of evaluation", Int(1), hashed=False)
     checkpoint_every: str = setting("0it", "save a resumable checkpoint this often (0it: at every evaluation)", Step(), hashed=False)
     device: str = setting("cpu", "torch device: cpu, cuda, cuda:1, mps", Text(), hashed=False)
-    threads: int = setting(0, "torch intra-op threads (0: torch's default)", Int(0), hashed=False)
+    threads: int = setting(0, "torch intra-op threads per process (0: one; cores are used by --workers)", Int(0), hashed=False)
+    workers: int = setting(0, "worker processes for independent trainings (0: automatic; 1: this process only)", Int(0), hashed=False)
+    max_batch: int = setting(0, "models stacked into one per step (0: automatic; 1: no stacking)", Int(0), hashed=False)
 
 
 @dataclass(frozen=True)

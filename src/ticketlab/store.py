@@ -197,12 +197,24 @@ class Run(Unit):
             existing = run.read("spec.json")
         except CorruptFile:
             existing = None
-        if existing is not None and existing.get("non_default") != record["non_default"]:
-            raise UserError(f"{path} holds a different spec (hash collision?); use another --out")
+        if existing is not None:
+            changed = _changed_settings(existing.get("spec", {}), record["spec"], spec)
+            if changed:
+                raise UserError(f"{path} was made with other values of {', '.join(changed)} (defaults changed since?); "
+                                f"use --force to recompute or another --out")
         if existing != record:
             path.mkdir(parents=True, exist_ok=True)
             run.write("spec.json", record)
         return run
+
+
+def _changed_settings(old: dict, new: dict, spec) -> list[str]:
+    """Hashed settings that both specs record with different values: the folder name only covers
+    non-default settings, so a changed default would otherwise reuse results made under the old one."""
+    hashed = {s.name for s in specs.settings_of(type(spec)) if s.hashed}
+    flat_old = {k: v for group in old.values() if isinstance(group, dict) for k, v in group.items()}
+    flat_new = {k: v for group in new.values() for k, v in group.items()}
+    return sorted(k for k in hashed if k in flat_old and k in flat_new and flat_old[k] != flat_new[k])
 
 
 def open_existing(path: str | os.PathLike) -> Unit:

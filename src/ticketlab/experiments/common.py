@@ -45,8 +45,10 @@ class Setup:
     @classmethod
     def prepare(cls, spec) -> "Setup":
         d, m, t = spec.data, spec.model, spec.train
-        if t.threads:
-            torch.set_num_threads(t.threads)
+        # One thread per process unless asked: cores are used by worker processes instead (faster for
+        # these models, design.md), and the numbers then do not depend on --workers (matmuls split over
+        # threads round differently).
+        torch.set_num_threads(t.threads or 1)
         device = resolve_device(t.device)
         data = datasets.load(d.dataset, d.data_dir, subsample=d.subsample, random_labels=d.random_labels,
                              data_seed=d.data_seed, mnist1d_seed=d.mnist1d_seed)

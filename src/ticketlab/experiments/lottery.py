@@ -18,6 +18,7 @@ Every (seed, level, arm) is one unit of the store: resumable, verified, skipped 
 
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass, field
 from typing import ClassVar
@@ -30,13 +31,16 @@ from ..report import plots
 from ..report.progress import Bars
 from ..results import Results
 from ..sparse import Mask, layer_fractions, prune, random_mask_like, score
-from ..spec import (Choice, DataSpec, Int, ListOf, ModelSpec, Optional, PruneSpec, Step, TrainSpec,
+from ..spec import (Bool, Choice, DataSpec, Int, ListOf, ModelSpec, Optional, PruneSpec, Step, TrainSpec,
                     setting)
 from ..store import Run, Unit
 from ..io import CorruptFile
-from ..train import Schedule, fit
+from ..train import Schedule
 from ..train.fit import Checkpoints
+from ..train.jobs import Job, run_jobs
 from .common import Setup
+from .lca import LCASettings, recorder, recorder_files
+from .scheduler import Task, plan_parallelism, run_tasks
 from .. import models
 
 RETRAIN = ("rewind", "finetune", "lr-rewind")
@@ -59,6 +63,13 @@ class LotteryOptions:
 
 
 @dataclass(frozen=True)
+class LotteryLCA(LCASettings):
+    """Loss Change Allocation while training every unit (Lan et al. 2019)."""
+
+    lca: bool = setting(False, "record Loss Change Allocation while training every ticket and control (see `ticketlab lca`)", Bool())
+
+
+@dataclass(frozen=True)
 class LotterySpec:
     experiment: ClassVar[str] = "lottery"
     data: DataSpec = field(default_factory=DataSpec)
@@ -66,8 +77,10 @@ class LotterySpec:
     train: TrainSpec = field(default_factory=TrainSpec)
     prune: PruneSpec = field(default_factory=PruneSpec)
     lottery: LotteryOptions = field(default_factory=LotteryOptions)
+    lca: LotteryLCA = field(default_factory=LotteryLCA)
 
     def validate(self) -> None:
+        self.lca.check()
         if self.lottery.retrain == "rewind" and self.lottery.retrain_steps is not None:
             raise UserError("--retrain-steps applies to --retrain finetune / lr-rewind; rewinding retrains from --rewind to the end")
 
@@ -100,12 +113,11 @@ class Plan:
 # ----------------------------------------------------------------------------------------------- units
 class Lottery:
     """The units of one lottery experiment. Built (and so validated) before the run folder is opened;
-    `run` and `bars` are attached afterwards."""
+    `run` is attached afterwards. Worker processes build their own (`make_executor`)."""
 
     def __init__(self, spec: LotterySpec, setup: Setup):
         self.spec, self.setup = spec, setup
         self.run: Run | None = None
-        self.bars: Bars | None = None
         self._rewind_points: dict[int, tuple[dict, dict]] = {}
         self.plan = Plan.of(spec, setup)
         probe = setup.new_model_like()
@@ -132,35 +144,29 @@ class Lottery:
 
     # --------------------------------------------------------------------------------- rewind point
     def rewind_point(self, seed: int) -> tuple[dict, dict]:
-        """(w_0, w_k): the init and the weights at the rewind step, trained once and shared by all levels."""
+        """(w_0, w_k): the init and the weights at the rewind step, trained once (the `pretrain` task) and
+        shared by all levels. With k = 0 there is nothing to train and the init is saved here."""
         if seed not in self._rewind_points:
-            self._rewind_points[seed] = self._make_rewind_point(seed)
-        return self._rewind_points[seed]
-
-    def _make_rewind_point(self, seed: int) -> tuple[dict, dict]:
-        unit = self.run.unit(f"seed-{seed}", "pretrain")
-        if unit.is_done():
+            unit = self.pretrain_unit(seed)
+            if not unit.is_done():
+                if self.plan.rewind:
+                    self.execute([("pretrain", seed, -1)], stack=False)
+                else:
+                    model = self.setup.build_model(seed)
+                    unit.commit({"init.safetensors": {k: v.detach().cpu() for k, v in model.state_dict().items()}})
             try:
                 init = unit.read("init.safetensors")
-                return init, (unit.read("rewind.safetensors") if self.plan.rewind else init)
+                self._rewind_points[seed] = (init, unit.read("rewind.safetensors") if self.plan.rewind else init)
             except CorruptFile:
-                pass
-        model = self.setup.build_model(seed)
-        init = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
-        files = {"init.safetensors": init}
-        if self.plan.rewind:
-            task = self.bars.add(f"seed {seed} pretrain to {self.spec.lottery.rewind}", self.plan.rewind)
-            result = fit(model, self.setup.data, self.spec.train, seed=seed, start=0, end=self.plan.rewind,
-                         schedule=self.setup.schedule, checkpoints=self._checkpoints(unit),
-                         progress=lambda n: self.bars.set(task, n))
-            files["rewind.safetensors"] = {k: v.detach().cpu() for k, v in model.state_dict().items()}
-            files["metrics.jsonl"] = result.metrics
-        unit.commit(files)
-        return init, files.get("rewind.safetensors", init)
+                unit.remove()
+                return self.rewind_point(seed)
+        return self._rewind_points[seed]
+
+    def pretrain_unit(self, seed: int) -> Unit:
+        return self.run.unit(f"seed-{seed}", "pretrain")
 
     def _checkpoints(self, unit: Unit) -> Checkpoints:
-        every = self.spec.train.checkpoint_every
-        return Checkpoints(unit, self.setup.step(every))
+        return Checkpoints(unit, self.setup.step(self.spec.train.checkpoint_every))
 
     # ------------------------------------------------------------------------------------------ masks
     def ticket_mask(self, seed: int, level: int, rewind_weights: dict) -> Mask:
@@ -170,7 +176,7 @@ class Lottery:
         prev_mask = Mask(previous.read("mask.safetensors"), self.prunable)
         final = previous.read("final.safetensors")
         p = self.spec.prune
-        scores = score(p.criterion, rewind_weights, final, self.prunable, seeding.generator("criterion", seed, level))
+        scores = score(p.criterion, rewind_weights, final, self.prunable, seeding.generator("criterion", seed, level), prev_mask)
         return prune(scores, prev_mask, self.fractions, scope=p.prune_scope, global_fraction=p.prune_fraction,
                      level=level, generator=seeding.generator("ties", seed, level))
 
@@ -199,40 +205,90 @@ class Lottery:
         raise UserError(f"unknown arm {arm!r}; valid: ticket, {', '.join(CONTROLS)}")
 
     # ------------------------------------------------------------------------------------------ train
-    def train_unit(self, seed: int, level: int, arm: str, level_task: int) -> dict:
-        unit = self.unit(seed, level, arm)
-        start, end, schedule = self.window(level, arm)
-        if unit.is_done():
-            try:
-                result = unit.read("result.json")
-                self.bars.advance(level_task, end - start)
-                return result
-            except CorruptFile:
-                pass
+    def tasks(self) -> list[Task]:
+        """The experiment as a task graph: per seed, the pretraining to k (if k > 0), the chain of tickets,
+        and each level's controls (which need that level's ticket mask)."""
+        out = []
+        for seed in self.spec.lottery.seeds:
+            pre = ("pretrain", seed, -1)
+            if self.plan.rewind:
+                out.append(Task(pre, (), ("pretrain",), self.plan.rewind))
+            for level in range(self.spec.lottery.levels + 1):
+                for arm in self.arms(level):
+                    start, end, schedule = self.window(level, arm)
+                    deps = ((pre,) if self.plan.rewind and level == 0 else ()) + \
+                        ((("ticket", seed, level - 1),) if arm == "ticket" and level else ()) + \
+                        ((("ticket", seed, level),) if arm != "ticket" else ())
+                    out.append(Task((arm, seed, level), deps, (start, end, schedule), end - start))
+        return out
+
+    def unit_of(self, key) -> Unit:
+        arm, seed, level = key
+        return self.pretrain_unit(seed) if arm == "pretrain" else self.unit(seed, level, arm)
+
+    def prepare(self, key) -> Job:
+        arm, seed, level = key
+        unit = self.unit_of(key)
+        if arm == "pretrain":
+            return Job(key, self.setup.build_model(seed), seed, 0, self.plan.rewind, self.setup.schedule,
+                       None, self._checkpoints(unit))
         _, rewind_weights = self.rewind_point(seed)
         mask, weights = self.start_weights(seed, level, arm, rewind_weights)
         model = self.setup.new_model_like()
         model.load_state_dict(weights)
-        began = time.perf_counter()
-        task = self.bars.add(f"  seed {seed} {arm}", end - start)
-        done = [0]
+        start, end, schedule = self.window(level, arm)
+        lca = recorder(self.spec.lca, self.setup, model, mask, unit) if self.spec.lca.lca else None
+        return Job(key, model, seed, start, end, schedule, mask, self._checkpoints(unit), weights, lca)
 
-        def progress(n: int) -> None:
-            self.bars.set(task, n)
-            self.bars.advance(level_task, n - done[0])
-            done[0] = n
-
-        fitted = fit(model, self.setup.data, self.spec.train, seed=seed, start=start, end=end, schedule=schedule,
-                     mask=mask, checkpoints=self._checkpoints(unit), progress=progress)
-        self.bars.progress.remove_task(task)
-        final = {k: v.detach().cpu() for k, v in model.state_dict().items()}
-        result = {"level": level, "weights_remaining": mask.density(), "arm": arm, "seed": seed,
-                  **fitted.summary(), "seconds": round(time.perf_counter() - began, 3)}
-        unit.commit({"mask.safetensors": mask.to_tensors(), "start.safetensors": weights,
-                     "final.safetensors": final, "metrics.jsonl": fitted.metrics,
-                     "sparsity.json": mask.report(), "result.json": result})
+    def finish(self, job: Job, fitted, seconds: float) -> dict:
+        arm, seed, level = job.key
+        unit = self.unit_of(job.key)
+        final = {k: v.detach().cpu() for k, v in job.model.state_dict().items()}
+        if arm == "pretrain":
+            init = self.setup.build_model(seed).state_dict()
+            unit.commit({"init.safetensors": {k: v.cpu() for k, v in init.items()}, "rewind.safetensors": final,
+                         "metrics.jsonl": fitted.metrics})
+            unit.clear_checkpoint()
+            return {"pretrain": seed}
+        result = {"level": level, "weights_remaining": job.mask.density(), "arm": arm, "seed": seed,
+                  **fitted.summary(), "seconds": round(seconds, 3)}
+        files = {"mask.safetensors": job.mask.to_tensors(), "start.safetensors": job.start_weights,
+                 "final.safetensors": final, "metrics.jsonl": fitted.metrics, "sparsity.json": job.mask.report()}
+        if job.callbacks is not None:
+            job.callbacks.flush()
+            files.update(recorder_files(job.callbacks))
+            summary = files["lca_summary.json"]
+            result.update(lca_relative_error=summary.get("relative_error"), lca_fraction_helped=summary.get("fraction_helped"))
+        # streamed per-parameter LCA lives in the unit's parameters/ folder: keep it
+        unit.commit({**files, "result.json": result}, clear=not self.spec.lca.lca_parameter_chunk)
         unit.clear_checkpoint()
         return result
+
+    def execute(self, keys: list, *, stack: bool, max_batch: int = 0, progress=None) -> dict:
+        """Train the units `keys` (finished ones are read back); {key: result row}."""
+        results, jobs = {}, []
+        for key in keys:
+            unit = self.unit_of(key)
+            if unit.is_done():
+                try:
+                    results[key] = unit.read("result.json") if key[0] != "pretrain" else {"pretrain": key[1]}
+                    continue
+                except CorruptFile:
+                    pass
+            jobs.append(self.prepare(key))
+        began = time.perf_counter()
+        fitted = run_jobs(jobs, self.setup.data, self.spec.train, stack=stack, max_batch=max_batch, progress=progress)
+        seconds = (time.perf_counter() - began) / max(len(jobs), 1)
+        for job, f in zip(jobs, fitted):
+            results[job.key] = self.finish(job, f, seconds)
+        return results
+
+
+def make_executor(spec: LotterySpec, out: str) -> Lottery:
+    """A worker process's view of the experiment (the run folder exists already)."""
+    lottery = Lottery(spec, Setup.prepare(spec))
+    lottery.run = Run.open(out, spec)
+    return lottery
 
 
 # ------------------------------------------------------------------------------------------------- run
@@ -244,27 +300,65 @@ def run(spec: LotterySpec, *, out: str = "runs", force: bool = False, progress: 
     """Run (or resume) a lottery experiment; returns the tidy results and writes them into the run folder."""
     setup = Setup.prepare(spec)
     lottery = Lottery(spec, setup)  # bad input fails here, before the run folder exists
+    tasks = lottery.tasks()
+    lo, t = spec.lottery, spec.train
+    parallel = plan_parallelism(setup.new_model_like(), setup.device, width=len(lo.seeds) * (1 + len(lo.controls)),
+                                total_steps=sum(task.cost for task in tasks), batch_size=t.batch_size,
+                                input_numel=math.prod(setup.data.input_shape), workers=t.workers,
+                                max_batch=1 if spec.lca.lca else t.max_batch)  # LCA watches one model at a time
     run_folder = Run.open(out, spec, force=force)
-    rows: list[dict] = []
+    lottery.run = run_folder
+    arms = ["ticket", *lo.controls]
+    rows: dict = {}
+    expected = {lv: [k.key for k in tasks if k.key[2] == lv] for lv in range(lo.levels + 1)}
+    printed = [0]
     with Bars(progress) as bars:
-        lottery.run, lottery.bars = run_folder, bars
-        arms = ["ticket", *spec.lottery.controls]
+        overall = bars.add(f"lottery, {len(lo.seeds)} seed(s)", sum(task.cost for task in tasks))
         bars.print(f"run folder: {run_folder.path}")
+        bars.print(parallel.describe())
         bars.print(header(arms))
-        for level in range(spec.lottery.levels + 1):
-            level_rows = []
-            total = sum(lottery.window(level, a)[1] - lottery.window(level, a)[0]
-                        for a in lottery.arms(level)) * len(spec.lottery.seeds)
-            level_task = bars.add(f"level {level}/{spec.lottery.levels}", total)
-            for seed in spec.lottery.seeds:
-                for arm in lottery.arms(level):
-                    level_rows.append({k: v for k, v in lottery.train_unit(seed, level, arm, level_task).items()})
-            bars.progress.remove_task(level_task)
-            rows += level_rows
-            bars.print(format_row(level, level_rows, arms))
-    results = Results([{k: r.get(k) for k in COLUMNS} for r in rows])
+        cost = {task.key: task.cost for task in tasks}
+        running: dict = {}
+
+        def on_start(key):
+            running[key] = [bars.add(f"  {key[0]} seed {key[1]}" + (f" level {key[2]}" if key[2] >= 0 else ""), cost[key]), 0]
+
+        def on_progress(key, n):
+            if key in running:
+                bar, before = running[key]
+                bars.set(bar, n)
+                bars.advance(overall, n - before)
+                running[key][1] = n
+
+        def on_done(key, row):
+            bar, before = running.pop(key, [None, 0])
+            if bar is not None:
+                bars.progress.remove_task(bar)
+            bars.advance(overall, cost[key] - before)
+            if key[0] != "pretrain":
+                rows[key] = row
+            while printed[0] <= lo.levels and all(k in rows for k in expected[printed[0]]):
+                level = printed[0]
+                bars.print(format_row(level, [rows[k] for k in expected[level]], arms))
+                printed[0] += 1
+
+        run_tasks(tasks, factory=make_executor, spec=spec, out=str(out), parallel=parallel, local_executor=lottery,
+                  on_start=on_start, on_progress=on_progress, on_done=on_done)
+    ordered = [rows[k] for lv in range(lo.levels + 1) for k in expected[lv]]
+    ordered.sort(key=lambda r: (r["level"], lo.seeds.index(r["seed"]), arms.index(r["arm"])))
+    columns = COLUMNS + (("lca_relative_error", "lca_fraction_helped") if spec.lca.lca else ())
+    results = Results([{k: r.get(k) for k in columns} for r in ordered])
     write_outputs(run_folder, spec, results)
     return results
+
+
+def table(rows: list[dict]) -> list[str]:
+    """The terminal table of a lottery run: one line per level, mean ± std per arm."""
+    arms = list(dict.fromkeys(r["arm"] for r in rows))
+    lines = [header(arms)]
+    for level in sorted({r["level"] for r in rows}):
+        lines.append(format_row(level, [r for r in rows if r["level"] == level], arms))
+    return lines
 
 
 def header(arms: list[str]) -> str:

@@ -11,11 +11,17 @@ from typing import Callable
 
 import torch
 
-Scorer = Callable[[torch.Tensor, torch.Tensor, torch.Generator], torch.Tensor]
+# (w_i, w_f, generator, kept) -> scores; `kept` is the bool mask of the weights still in the network, or None.
+Scorer = Callable[[torch.Tensor, torch.Tensor, torch.Generator, "torch.Tensor | None"], torch.Tensor]
 
 
-def _rank(x: torch.Tensor) -> torch.Tensor:
-    """Percentile rank in [0, 1] of each entry among the entries of its tensor."""
+def _rank(x: torch.Tensor, kept: torch.Tensor | None = None) -> torch.Tensor:
+    """Percentile rank in [0, 1] of each entry among the entries of its tensor, or, given `kept`, among the
+    kept entries only (pruned entries get -inf: they are not candidates)."""
+    if kept is not None:
+        out = torch.full_like(x, -torch.inf)
+        out[kept] = _rank(x[kept])
+        return out
     flat = x.flatten()
     ranks = torch.empty_like(flat)
     ranks[flat.argsort(stable=True)] = torch.arange(flat.numel(), dtype=flat.dtype) / max(flat.numel() - 1, 1)
@@ -23,17 +29,19 @@ def _rank(x: torch.Tensor) -> torch.Tensor:
 
 
 _BASE: dict[str, Scorer] = {
-    "large_final": lambda wi, wf, g: wf.abs(),
-    "small_final": lambda wi, wf, g: -wf.abs(),
-    "large_init": lambda wi, wf, g: wi.abs(),
-    "small_init": lambda wi, wf, g: -wi.abs(),
+    "large_final": lambda wi, wf, g, m: wf.abs(),
+    "small_final": lambda wi, wf, g, m: -wf.abs(),
+    "large_init": lambda wi, wf, g, m: wi.abs(),
+    "small_init": lambda wi, wf, g, m: -wi.abs(),
     # Both magnitudes must clear one shared percentile: keeping the top-k of the smaller of the two
-    # percentile ranks is that rule with the percentile found exactly instead of by binary search.
-    "large_init_large_final": lambda wi, wf, g: torch.minimum(_rank(wi.abs()), _rank(wf.abs())),
-    "small_init_small_final": lambda wi, wf, g: torch.minimum(_rank(-wi.abs()), _rank(-wf.abs())),
-    "magnitude_increase": lambda wi, wf, g: wf.abs() - wi.abs(),
-    "movement": lambda wi, wf, g: (wf - wi).abs(),
-    "random": lambda wi, wf, g: torch.rand(wf.shape, generator=g),
+    # percentile ranks is that rule with the percentile found exactly instead of by binary search. The
+    # ranks are taken among the weights the current mask keeps (Zhou et al.'s percentile is over the
+    # surviving weights of the layer), so already-pruned zeros do not shift them.
+    "large_init_large_final": lambda wi, wf, g, m: torch.minimum(_rank(wi.abs(), m), _rank(wf.abs(), m)),
+    "small_init_small_final": lambda wi, wf, g, m: torch.minimum(_rank(-wi.abs(), m), _rank(-wf.abs(), m)),
+    "magnitude_increase": lambda wi, wf, g, m: wf.abs() - wi.abs(),
+    "movement": lambda wi, wf, g, m: (wf - wi).abs(),
+    "random": lambda wi, wf, g, m: torch.rand(wf.shape, generator=g),
 }
 
 _SIGNED = ("large_final", "small_final", "large_init", "small_init", "large_init_large_final",
@@ -41,8 +49,8 @@ _SIGNED = ("large_final", "small_final", "large_init", "small_init", "large_init
 
 
 def _with_sign(base: Scorer, same: bool) -> Scorer:
-    def scorer(wi, wf, g):
-        s = base(wi, wf, g)
+    def scorer(wi, wf, g, m):
+        s = base(wi, wf, g, m)
         keep = (torch.sign(wi) == torch.sign(wf)) if same else (torch.sign(wi) != torch.sign(wf))
         return torch.where(keep, s, torch.full_like(s, -torch.inf))
     return scorer
@@ -57,7 +65,10 @@ CRITERIA: tuple[str, ...] = tuple(SCORERS)
 
 
 def score(criterion: str, initial: dict[str, torch.Tensor], final: dict[str, torch.Tensor],
-          names, generator: torch.Generator) -> dict[str, torch.Tensor]:
-    """Scores for the named layers, computed in float32 on the CPU."""
+          names, generator: torch.Generator, mask=None) -> dict[str, torch.Tensor]:
+    """Scores for the named layers, computed in float32 on the CPU. `mask` (a `Mask` or a dict of bool
+    tensors; optional) is the mask being pruned further: percentile-rank criteria rank among its kept
+    weights. Without it, ranks are over whole layers."""
     f = SCORERS[criterion]
-    return {n: f(initial[n].detach().float().cpu(), final[n].detach().float().cpu(), generator) for n in names}
+    kept = (lambda n: None) if mask is None else (lambda n: mask[n].detach().cpu().to(torch.bool))
+    return {n: f(initial[n].detach().float().cpu(), final[n].detach().float().cpu(), generator, kept(n)) for n in names}

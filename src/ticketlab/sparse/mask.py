@@ -13,14 +13,29 @@ from ..errors import UserError
 
 class Mask:
     """Layers are kept in `order` (e.g. the model's order of prunable names), else sorted by name: random
-    draws per layer (ties, random pruning) then do not depend on where the tensors came from."""
+    draws per layer (ties, random pruning) then do not depend on where the tensors came from.
 
-    def __init__(self, tensors: dict[str, torch.Tensor], order: Iterable[str] | None = None):
+    `fill` (optional, by layer name) gives the values pruned positions hold instead of zero: Zhou et al.
+    2019's mask-0 action "freeze_init" keeps pruned weights frozen at their initial values. Layers without
+    a fill are zeroed as usual."""
+
+    def __init__(self, tensors: dict[str, torch.Tensor], order: Iterable[str] | None = None,
+                 fill: dict[str, torch.Tensor] | None = None):
         keys = [k for k in order if k in tensors] if order is not None else sorted(tensors)
         if len(keys) != len(tensors):
             keys += sorted(set(tensors) - set(keys))
         self.tensors = {k: tensors[k].to(torch.bool) for k in keys}
+        self.fill: dict[str, torch.Tensor] | None = None
+        if fill:
+            unknown = sorted(set(fill) - set(self.tensors))
+            if unknown:
+                raise UserError(f"mask fill for unknown layers {', '.join(unknown)}; masked layers: {', '.join(self.tensors)}")
+            for k, v in fill.items():
+                if tuple(v.shape) != tuple(self.tensors[k].shape):
+                    raise UserError(f"mask fill {k!r} has shape {tuple(v.shape)}, the mask {tuple(self.tensors[k].shape)}")
+            self.fill = {k: fill[k].detach().clone() for k in keys if k in fill}
         self._cache: tuple | None = None  # (model ref, its masked weights, float masks)
+        self._fill_cache: tuple | None = None  # (model ref, [(param, bool mask, fill)])
 
     @classmethod
     def ones(cls, model: nn.Module, names: Iterable[str]) -> "Mask":
@@ -73,10 +88,31 @@ class Mask:
             cached = self._cache = (weakref.ref(model), targets, floats)
         with torch.no_grad():
             torch._foreach_mul_(cached[1], cached[2])
+        if self.fill is not None:
+            self._apply_fill_(model)
+
+    def _apply_fill_(self, model: nn.Module) -> None:
+        """Pruned positions of layers with a fill get their fill value: `where(mask, w, fill)` (after the
+        zeroing above, which leaves kept weights untouched)."""
+        cached = self._fill_cache
+        if cached is None or cached[0]() is not model:
+            params = dict(model.named_parameters())
+            entries = []
+            for n, f in self.fill.items():
+                p = params[n]
+                entries.append((p, self.tensors[n].to(p.device), f.to(device=p.device, dtype=p.dtype)))
+            cached = self._fill_cache = (weakref.ref(model), entries)
+        with torch.no_grad():
+            for p, m, f in cached[1]:
+                p.copy_(torch.where(m, p, f))
 
     def applied(self, weights: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        """A copy of a state dict with the pruned weights zeroed."""
-        return {k: (v * self.tensors[k].to(v.device, v.dtype) if k in self.tensors else v.clone()) for k, v in weights.items()}
+        """A copy of a state dict with the pruned weights zeroed (or set to their fill values)."""
+        out = {k: (v * self.tensors[k].to(v.device, v.dtype) if k in self.tensors else v.clone()) for k, v in weights.items()}
+        for k, f in (self.fill or {}).items():
+            if k in out:
+                out[k] = torch.where(self.tensors[k].to(out[k].device), out[k], f.to(out[k].device, out[k].dtype))
+        return out
 
     # ------------------------------------------------------------------------------------ storage
     def to_tensors(self) -> dict[str, torch.Tensor]:
