@@ -33,8 +33,9 @@ def test_lottery_then_show_in_every_format(python, cli_env, tmp_path):
     r = cli(python, cli_env, "lottery", *FAST, "--seeds", "0,1", "--out", str(tmp_path))
     assert r.returncode == 0, r.stderr
     lines = r.stdout.strip().splitlines()
-    assert lines[1].split()[:3] == ["level", "remaining", "ticket"]
-    assert [l.split()[0] for l in lines[2:5]] == ["0", "1", "2"]
+    assert lines[0].startswith("run folder: ") and lines[1].startswith("parallel: ")
+    assert lines[2].split()[:3] == ["level", "remaining", "ticket"]
+    assert [l.split()[0] for l in lines[3:6]] == ["0", "1", "2"]
     run_dir = next(tmp_path.iterdir())
     assert {"spec.json", "results.csv", "results.json", "summary.json", "accuracy.png"} <= {p.name for p in run_dir.iterdir()}
     csv = cli(python, cli_env, "show", str(run_dir), "--format", "csv")
@@ -44,7 +45,7 @@ def test_lottery_then_show_in_every_format(python, cli_env, tmp_path):
     js = json.loads(cli(python, cli_env, "show", str(run_dir), "--format", "json").stdout)
     assert {r["arm"] for r in js} == {"ticket", "random_reinit", "random_prune"}
     table = cli(python, cli_env, "show", str(run_dir))
-    assert table.returncode == 0 and table.stdout.splitlines()[1:] == lines[2:5]
+    assert table.returncode == 0 and table.stdout.splitlines()[1:] == lines[3:6]
     # rerun: resumes, nothing to train, same table
     again = cli(python, cli_env, "lottery", *FAST, "--seeds", "0,1", "--out", str(tmp_path))
     assert again.stdout == r.stdout

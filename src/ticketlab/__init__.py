@@ -3,6 +3,10 @@
     import ticketlab
     results = ticketlab.lottery(levels=3, seeds=(0, 1))     # or ticketlab.lottery(spec)
     results.summary()
+
+Every experiment of the command line has a function of the same name here (`lottery`, `deconstruct`,
+`supermask`, `lca`, `stability`, `earlybird`): give it a spec, or settings by name, and get the tidy
+results table back; files go to `out` as with the command.
 """
 
 from __future__ import annotations
@@ -10,14 +14,30 @@ from __future__ import annotations
 __version__ = "0.1.0"
 
 
-def lottery(spec=None, *, out: str = "runs", force: bool = False, progress: bool | None = False, **settings):
-    """Run or resume a lottery experiment. `spec` is a LotterySpec, or give settings by name
-    (`model="lenet_300_100", levels=5, seeds=(0, 1)`). Returns a `Results` table."""
+def _run(experiment: str, spec, out: str, force: bool, progress: bool | None, settings: dict):
     from . import spec as specs
-    from .experiments.lottery import LotterySpec, run
+    from .cli import EXPERIMENTS, _experiment
 
-    spec = specs.replace(spec or LotterySpec(), **settings) if settings else (spec or specs.build(LotterySpec, {}))
-    return run(spec, out=out, force=force, progress=progress)
+    module, spec_cls = _experiment(experiment)
+    base = spec if spec is not None else specs.build(spec_cls, {})
+    return module.run(specs.replace(base, **settings) if settings else base, out=out, force=force, progress=progress)
 
 
-__all__ = ["lottery", "__version__"]
+def _api(experiment: str):
+    def run(spec=None, *, out: str = "runs", force: bool = False, progress: bool | None = False, **settings):
+        return _run(experiment, spec, out, force, progress, settings)
+
+    run.__name__ = experiment
+    run.__doc__ = (f"Run or resume the `{experiment}` experiment (as `ticketlab {experiment}`). `spec` is its spec "
+                   "object, or give settings by name; returns a `Results` table.")
+    return run
+
+
+lottery = _api("lottery")
+deconstruct = _api("deconstruct")
+supermask = _api("supermask")
+lca = _api("lca")
+stability = _api("stability")
+earlybird = _api("earlybird")
+
+__all__ = ["lottery", "deconstruct", "supermask", "lca", "stability", "earlybird", "__version__"]

@@ -20,6 +20,16 @@ from .results import Results
 EXPERIMENTS = {
     "lottery": ("ticketlab.experiments.lottery", "LotterySpec",
                 "iterative magnitude pruning with rewinding / fine-tuning / LR rewinding, and random controls"),
+    "deconstruct": ("ticketlab.experiments.deconstruct", "DeconstructSpec",
+                    "Zhou et al.'s grid: mask criteria x mask-1 actions (x mask-0 action) x seeds, and untrained supermasks"),
+    "supermask": ("ticketlab.experiments.supermask", "SupermaskSpec",
+                  "learned supermasks on frozen random weights: bernoulli (Zhou et al.) or edge-popup (Ramanujan et al.)"),
+    "lca": ("ticketlab.experiments.lca", "LCASpec",
+            "Loss Change Allocation: the loss change of every step split over parameters, neurons and layers"),
+    "stability": ("ticketlab.experiments.stability", "StabilitySpec",
+                  "linear mode connectivity: error barrier between two copies trained from step k, dense and tickets"),
+    "earlybird": ("ticketlab.experiments.earlybird", "EarlyBirdSpec",
+                  "early-bird tickets: BatchNorm-scale channel masks, FIFO mask-distance test, real channel pruning"),
 }
 
 
@@ -43,8 +53,7 @@ def build_parser() -> Parser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=Parser)
     for name, (_, _, help_text) in EXPERIMENTS.items():
         _, spec_cls = _experiment(name)
-        p = sub.add_parser(name, help=help_text, description=help_text, allow_abbrev=False,
-                           formatter_class=argparse.ArgumentDefaultsHelpFormatter if False else argparse.HelpFormatter)
+        p = sub.add_parser(name, help=help_text, description=help_text, allow_abbrev=False)
         p.add_argument("--config", metavar="FILE.toml", help="read settings from a TOML file (flags override it)")
         p.add_argument("--out", default="runs", metavar="DIR", help="parent folder of run folders (default: runs)")
         p.add_argument("--force", action="store_true", help="discard an existing run folder of this spec and recompute")
@@ -60,7 +69,6 @@ def build_parser() -> Parser:
 
 def show(run_dir: str, fmt: str) -> None:
     from . import store
-    from .experiments.lottery import COLUMNS, format_row, header
 
     run = store.open_existing(run_dir)
     try:
@@ -68,7 +76,7 @@ def show(run_dir: str, fmt: str) -> None:
         partial = False
     except CorruptFile:
         rows, partial = [], True
-        for f in sorted(Path(run_dir).glob("seed-*/level-*/*/result.json")):
+        for f in sorted(Path(run_dir).rglob("result.json")):
             unit = store.Unit(f.parent)
             if unit.is_done():
                 rows.append(unit.read("result.json"))
@@ -80,12 +88,20 @@ def show(run_dir: str, fmt: str) -> None:
     elif fmt == "json":
         print(json.dumps(rows, indent=2))
     else:
-        arms = list(dict.fromkeys(r["arm"] for r in rows))
-        print(header(arms))
-        for level in sorted({r["level"] for r in rows}):
-            print(format_row(level, [r for r in rows if r["level"] == level], arms))
-        if partial:
-            print("(unfinished run: finished units only)")
+        experiment = run.read("spec.json").get("experiment")
+        module = _experiment(experiment)[0] if experiment in EXPERIMENTS else None
+        print("\n".join(module.table(rows)) if hasattr(module, "table") else _aligned(rows))
+    if partial and fmt == "table":
+        print("(unfinished run: finished units only)")
+
+
+def _aligned(rows: list[dict]) -> str:
+    """Any tidy table as aligned text columns (numbers to 4 significant digits)."""
+    columns = Results(rows).columns
+    cell = lambda v: f"{v:.4g}" if isinstance(v, float) else ("" if v is None else str(v))
+    table = [columns] + [[cell(r.get(c)) for c in columns] for r in rows]
+    widths = [max(len(line[i]) for line in table) for i in range(len(columns))]
+    return "\n".join("  ".join(v.rjust(w) for v, w in zip(line, widths)) for line in table)
 
 
 def _typed(row: dict) -> dict:

@@ -1,0 +1,205 @@
+"""Mask actions (Zhou et al. 2019), Mask fill values (freeze_init) and the mask-aware percentile criteria."""
+
+import pytest
+import torch
+
+from ticketlab import data as datasets
+from ticketlab import models
+from ticketlab import spec as specs
+from ticketlab.errors import UserError
+from ticketlab.experiments.lottery import LotterySpec
+from ticketlab.sparse import Mask, score
+from ticketlab.sparse.actions import (MASK_ONE_ACTIONS, layer_sigma, mask_one, mask_zero, with_actions)
+from ticketlab.train import Schedule, fit
+
+
+def toy():
+    """Two 'layers' with arange-like distinct values of both signs, a bias, and a half-kept mask."""
+    g = torch.Generator().manual_seed(3)
+    w1 = (torch.randperm(24, generator=g).float() - 11.5).view(4, 6) / 10
+    w2 = (torch.randperm(10, generator=g).float() - 4.5).view(2, 5) / 7
+    init = {"a.weight": w1, "b.weight": w2, "a.bias": torch.arange(4.0)}
+    m1 = torch.zeros(24, dtype=torch.bool)
+    m1[torch.randperm(24, generator=g)[:12]] = True
+    m2 = torch.tensor([1, 0, 1, 1, 0, 1, 1, 0, 1, 0], dtype=torch.bool)
+    return init, Mask({"a.weight": m1.view(4, 6), "b.weight": m2.view(2, 5)}, ["a.weight", "b.weight"])
+
+
+def gen(seed=0):
+    return torch.Generator().manual_seed(seed)
+
+
+@pytest.mark.parametrize("action", MASK_ONE_ACTIONS)
+def test_every_action_zeroes_pruned_keeps_biases_and_is_seeded(action):
+    init, mask = toy()
+    a = mask_one(action, init, mask, gen(1))
+    assert torch.equal(a["a.bias"], init["a.bias"])
+    for n in mask:
+        assert (a[n][~mask[n]] == 0).all()
+        assert (a[n][mask[n]] != 0).all()
+    b = mask_one(action, init, mask, gen(1))
+    assert all(torch.equal(a[n], b[n]) for n in a)
+    if action not in ("rewind", "signed_constant"):
+        c = mask_one(action, init, mask, gen(2))
+        assert any(not torch.equal(a[n], c[n]) for n in mask), "another seed must draw differently"
+
+
+def test_rewind_is_the_init_on_kept_positions():
+    init, mask = toy()
+    out = mask_one("rewind", init, mask, gen())
+    for n in mask:
+        assert torch.equal(out[n], init[n] * mask[n])
+
+
+def test_reshuffle_permutes_only_the_kept_values():
+    init, mask = toy()
+    out = mask_one("reshuffle", init, mask, gen())
+    for n in mask:
+        kept = mask[n]
+        assert torch.equal(out[n][kept].sort().values, init[n][kept].sort().values)
+        assert not torch.equal(out[n][kept], init[n][kept])
+    signed = mask_one("signed_reshuffle", init, mask, gen())
+    for n in mask:
+        kept = mask[n]
+        assert torch.equal(torch.sign(signed[n][kept]), torch.sign(init[n][kept]))
+        assert torch.equal(signed[n][kept].abs().sort().values, init[n][kept].abs().sort().values)
+
+
+def test_reinit_draws_from_the_whole_layer():
+    init, _ = toy()
+    full = Mask({n: torch.ones_like(init[n], dtype=torch.bool) for n in ("a.weight", "b.weight")})
+    out = mask_one("reinit", init, full, gen())
+    for n in full:
+        assert torch.equal(out[n].flatten().sort().values, init[n].flatten().sort().values)
+        assert not torch.equal(out[n], init[n])
+    _, mask = toy()
+    part = mask_one("reinit", init, mask, gen())
+    values = set(init["a.weight"].flatten().tolist())
+    kept_values = part["a.weight"][mask["a.weight"]].tolist()
+    assert set(kept_values) <= values and set(kept_values) != set(init["a.weight"][mask["a.weight"]].tolist())
+    signed = mask_one("signed_reinit", init, mask, gen())
+    for n in mask:
+        assert torch.equal(torch.sign(signed[n][mask[n]]), torch.sign(init[n][mask[n]]))
+        assert set(signed[n][mask[n]].abs().tolist()) <= set(init[n].abs().flatten().tolist())
+
+
+def test_constants_are_the_layer_init_std_with_random_or_original_sign():
+    init, mask = toy()
+    sc = mask_one("signed_constant", init, mask, gen())
+    c = mask_one("constant", init, mask, gen())
+    for n in mask:
+        sigma = init[n].std(correction=0)
+        assert torch.isclose(layer_sigma(init[n]), sigma)
+        kept = mask[n]
+        assert torch.equal(sc[n][kept], torch.sign(init[n][kept]) * sigma)
+        assert torch.allclose(c[n][kept].abs(), sigma.expand(int(kept.sum())))
+    signs = torch.cat([torch.sign(c[n][mask[n]]) for n in mask])
+    orig = torch.cat([torch.sign(init[n][mask[n]]) for n in mask])
+    assert (signs > 0).any() and (signs < 0).any() and not torch.equal(signs, orig)
+
+
+@pytest.mark.parametrize("action", ["rewind", "signed_constant", "reshuffle"])
+def test_rescaling_multiplies_kept_weights_by_numel_over_kept(action):
+    init, mask = toy()
+    plain = mask_one(action, init, mask, gen(4))
+    scaled = mask_one(action, init, mask, gen(4), rescale=True)
+    for n in mask:
+        factor = mask[n].numel() / int(mask[n].sum())
+        assert factor == {"a.weight": 2.0, "b.weight": 10 / 6}[n]
+        assert torch.allclose(scaled[n], plain[n] * factor, rtol=0, atol=1e-7)
+    assert torch.equal(scaled["a.bias"], init["a.bias"])
+
+
+def test_mask_zero_actions_fill_values():
+    init, mask = toy()
+    final = {k: v * torch.where(torch.arange(v.numel()).view_as(v) % 2 == 0, 2.0, 0.5) for k, v in init.items()}
+    assert mask_zero("zero", init, final, mask) is None
+    frozen = mask_zero("freeze_init", init, final, mask)
+    assert all(torch.equal(frozen[n], init[n]) for n in mask) and set(frozen) == set(mask)
+    zm = mask_zero("freeze_init_zero_mask", init, final, mask)
+    for n in mask:
+        shrank = final[n].abs() < init[n].abs()
+        assert shrank.any() and (~shrank).any()
+        assert (zm[n][shrank] == 0).all() and torch.equal(zm[n][~shrank], init[n][~shrank])
+    filled, start = with_actions(mask, init, final, "rewind", "freeze_init", gen())
+    for n in mask:
+        assert torch.equal(start[n], init[n])  # kept: rewound; pruned: frozen at init
+
+
+def test_unknown_actions_list_the_valid_names():
+    init, mask = toy()
+    with pytest.raises(UserError, match="unknown mask-1 action 'flip'; valid: constant, reinit"):
+        mask_one("flip", init, mask, gen())
+    with pytest.raises(UserError, match="unknown mask-0 action 'keep'; valid: freeze_init, freeze_init_zero_mask, zero"):
+        mask_zero("keep", init, None, mask)
+
+
+# ------------------------------------------------------------------------------------------- Mask fill
+def test_apply_with_fill_writes_where_mask_w_fill_and_zero_path_is_unchanged():
+    init, mask = toy()
+    model = torch.nn.Module()
+    model.a = torch.nn.Linear(6, 4)
+    model.b = torch.nn.Linear(5, 2)
+    w = {"a.weight": torch.randn(4, 6), "b.weight": torch.randn(2, 5)}
+    with torch.no_grad():
+        model.a.weight.copy_(w["a.weight"])
+        model.b.weight.copy_(w["b.weight"])
+    plain = Mask(mask.tensors, list(mask))
+    assert plain.fill is None
+    plain.apply_(model)
+    assert torch.equal(model.a.weight, w["a.weight"] * mask["a.weight"])
+    filled = Mask(mask.tensors, list(mask), fill={"a.weight": init["a.weight"]})  # b: no fill, zeroed
+    with torch.no_grad():
+        model.a.weight.copy_(w["a.weight"])
+        model.b.weight.copy_(w["b.weight"])
+    filled.apply_(model)
+    assert torch.equal(model.a.weight, torch.where(mask["a.weight"], w["a.weight"], init["a.weight"]))
+    assert torch.equal(model.b.weight, w["b.weight"] * mask["b.weight"])
+    applied = filled.applied({"a.weight": w["a.weight"], "b.weight": w["b.weight"]})
+    assert torch.equal(applied["a.weight"], model.a.weight) and torch.equal(applied["b.weight"], model.b.weight)
+    with pytest.raises(UserError, match="shape"):
+        Mask(mask.tensors, fill={"a.weight": torch.zeros(3)})
+
+
+@pytest.mark.parametrize("optimizer,extra", [("sgd", dict(momentum=0.9, weight_decay=1e-2, lr=0.05)),
+                                             ("adam", dict(lr=1e-2, weight_decay=1e-3))])
+def test_freeze_init_keeps_pruned_weights_exactly_at_init_through_training(optimizer, extra):
+    spec = specs.from_mapping(LotterySpec, dict(dataset="synthetic", model="mlp", widths=(16,), steps="40it",
+                                                batch_size=50, eval_every="20it", optimizer=optimizer, **extra))
+    data = datasets.load("synthetic", "data")
+    model = models.build("mlp", data.input_shape, data.num_classes, seed=0, widths=(16,))
+    names = models.prunable_names(model)
+    init = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    g = gen(5)
+    mask = Mask({n: torch.rand(init[n].shape, generator=g) < 0.5 for n in names}, names)
+    filled, start = with_actions(mask, init, None, "rewind", "freeze_init", g)
+    model.load_state_dict(start)
+    fit(model, data, spec.train, seed=0, start=0, end=40, schedule=Schedule.from_spec(spec.train, 10), mask=filled)
+    after = model.state_dict()
+    for n in names:
+        pruned, kept = ~mask[n], mask[n]
+        assert torch.equal(after[n][pruned], init[n][pruned]), n
+        assert not torch.equal(after[n][kept], init[n][kept]), "kept weights must train"
+
+
+# ------------------------------------------------------------------------------------- criteria with mask
+@pytest.mark.parametrize("criterion", ["large_init_large_final", "small_init_small_final"])
+def test_percentile_criteria_rank_among_kept_weights(criterion):
+    g = gen(6)
+    wi, wf = torch.randn(50, generator=g), torch.randn(50, generator=g)
+    kept = torch.rand(50, generator=g) < 0.4
+    wf = torch.where(kept, wf, torch.zeros_like(wf))  # pruned weights are zero after training
+    s_masked = score(criterion, {"w": wi}, {"w": wf}, ["w"], gen(), mask={"w": kept})["w"]
+    sign = 1 if criterion.startswith("large") else -1
+
+    def rank(x):
+        r = torch.empty_like(x)
+        r[x.argsort(stable=True)] = torch.arange(len(x), dtype=x.dtype) / (len(x) - 1)
+        return r
+
+    expected = torch.minimum(rank(sign * wi[kept].abs()), rank(sign * wf[kept].abs()))
+    assert torch.equal(s_masked[kept], expected)
+    assert torch.isinf(s_masked[~kept]).all()
+    s_plain = score(criterion, {"w": wi}, {"w": wf}, ["w"], gen())["w"]
+    assert torch.equal(s_plain, torch.minimum(rank(sign * wi.abs()), rank(sign * wf.abs())))  # without a mask: as before
+    assert not torch.equal(s_plain[kept], s_masked[kept])
