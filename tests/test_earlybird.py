@@ -101,6 +101,33 @@ def test_real_channel_pruning_equals_the_masked_network(mode, empty_layer):
     assert channel_prune.forward_flops(small, (40,)) < channel_prune.forward_flops(m, (40,))
 
 
+@pytest.mark.parametrize("mode", ["eval", "train"])
+def test_real_channel_pruning_of_vgg_equals_the_masked_network(mode):
+    m = build("vgg11_bn", (3, 16, 16), 10, seed=0)
+    g = torch.Generator().manual_seed(3)
+    with torch.no_grad():  # as after training: BatchNorm scales, shifts and statistics away from their init
+        for module in m.modules():
+            if isinstance(module, torch.nn.BatchNorm2d):
+                module.weight.copy_(torch.randn(module.num_features, generator=g))
+                module.bias.copy_(0.1 * torch.randn(module.num_features, generator=g))
+                module.running_mean.copy_(0.1 * torch.randn(module.num_features, generator=g))
+                module.running_var.copy_(torch.rand(module.num_features, generator=g) + 0.5)
+            if isinstance(module, torch.nn.Conv2d):
+                module.bias.copy_(0.1 * torch.randn(module.out_channels, generator=g))
+    keep = global_mask(scores(m), 0.6)
+    per_layer = channel_prune.split(m, keep)
+    channel_prune.mask_channels_(m, per_layer)
+    small = channel_prune.prune_channels(m, per_layer)
+    widths = [layer.conv.out_channels for layer in small.layers if hasattr(layer, "conv")]
+    assert widths == [max(int(k.sum()), 1) for k in per_layer.values()] and sum(widths) < sum(k.numel() for k in per_layer.values())
+    x = torch.randn(8, 3, 16, 16, generator=g)
+    getattr(m, mode)()
+    getattr(small, mode)()
+    with torch.no_grad():
+        assert torch.allclose(small(x), m(x), atol=1e-4, rtol=1e-4)
+    assert channel_prune.forward_flops(small, (3, 16, 16)) < channel_prune.forward_flops(m, (3, 16, 16))
+
+
 def test_forward_flops_by_hand_and_unsupported_models():
     m = build("mnist1d_cnn_bn", (40,), 10, seed=0)
     # output lengths 19, 10, 5
@@ -166,7 +193,7 @@ MLP = ["--model", "mlp", "--widths", "8"]
     ([*MLP, "--steps", "2ep"], "the search needs at least --eb-window 5 epochs"),
     ([*MLP, "--prune-ratios", "0.5,1.5"], "--prune-ratios: must be in (0, 1)"),
     ([*MLP, "--eb-window", "1"], "--eb-window: must be >= 2"),
-    (["--model", "vgg11_bn"], "real channel pruning supports mnist1d_cnn_bn"),
+    (["--model", "resnet20"], "real channel pruning supports mnist1d_cnn_bn, vgg11_bn"),
 ])
 def test_cli_earlybird_bad_input(python, cli_env, tmp_path, args, message):
     out = tmp_path / "runs"

@@ -254,7 +254,8 @@ def run(spec: EarlyBirdSpec, *, out: str = "runs", force: bool = False, progress
 
 def channel_prune_classes():
     from ..models.conv_bn import MNIST1DCNNBN
-    return [MNIST1DCNNBN]
+    from ..models.vgg import VGG
+    return [MNIST1DCNNBN, VGG]
 
 
 def write_outputs(run_folder: Run, spec: EarlyBirdSpec, results: Results, searches: dict, by_epoch: list[dict]) -> None:

@@ -3,7 +3,9 @@ computes the same function as the masked one (Network Slimming, Liu et al. 2017;
 
 The masked network is the original with gamma = beta = 0 on the pruned channels, so those channels output
 exactly 0 after BatchNorm and ReLU; removing them (their filters, their BatchNorm entries and the matching
-input slices of the next layer) changes nothing but the cost. Supported: `mnist1d_cnn_bn`. A layer whose
+input slices of the next layer) changes nothing but the cost. Supported: `mnist1d_cnn_bn` and the VGG
+family (`vgg11_bn` ... `vgg19_bn`, the Early-Bird paper's network); ResNets are not (a residual sum ties the
+channels of a stage together, which one global BatchNorm threshold does not respect). A layer whose
 channels would all go keeps one channel with gamma = beta = 0 (still outputting 0), so shapes stay valid.
 """
 
@@ -14,9 +16,10 @@ from torch import nn
 
 from ..errors import UserError
 from ..models.conv_bn import MNIST1DCNNBN
+from ..models.vgg import VGG, ConvModule
 from .mask_distance import bn_layers
 
-SUPPORTED = ("mnist1d_cnn_bn",)
+SUPPORTED = ("mnist1d_cnn_bn", "vgg11_bn", "vgg13_bn", "vgg16_bn", "vgg19_bn")
 
 
 def split(model: nn.Module, keep: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -45,6 +48,8 @@ def mask_channels_(model: nn.Module, keep: dict[str, torch.Tensor]) -> None:
 @torch.no_grad()
 def prune_channels(model: nn.Module, keep: dict[str, torch.Tensor]) -> nn.Module:
     """The smaller network. `model` itself is not changed."""
+    if isinstance(model, VGG):
+        return _prune_vgg(model, keep)
     if not isinstance(model, MNIST1DCNNBN):
         raise UserError(f"real channel pruning supports {', '.join(SUPPORTED)}; got {type(model).__name__}")
     idx, empty = [], []
@@ -73,6 +78,44 @@ def prune_channels(model: nn.Module, keep: dict[str, torch.Tensor]) -> nn.Module
         previous = rows
     fc = model.fc.weight.view(model.fc.out_features, -1, model.out_length)
     small.fc.weight.copy_(fc.index_select(1, previous).reshape(model.fc.out_features, -1))
+    small.fc.bias.copy_(model.fc.bias)
+    small.train(model.training)
+    return small
+
+
+def _kept_rows(k: torch.Tensor) -> tuple[torch.Tensor, bool]:
+    kept = k.cpu().nonzero().squeeze(1)
+    return (kept, False) if len(kept) else (torch.tensor([0]), True)
+
+
+@torch.no_grad()
+def _prune_vgg(model: VGG, keep: dict[str, torch.Tensor]) -> VGG:
+    """VGG: each ConvModule keeps its channels' filters (and biases) and BatchNorm entries and the next
+    layer's matching input slices; max-pools need nothing; the classifier keeps the matching columns."""
+    names = [n for n, m in model.layers.named_children() if isinstance(m, ConvModule)]
+    rows = {n: _kept_rows(keep[f"layers.{n}.bn"]) for n in names}
+    plan = []
+    for n, m in model.layers.named_children():
+        plan.append(len(rows[n][0]) if isinstance(m, ConvModule) else "M")
+    device = model.fc.weight.device
+    small = VGG(model.input_shape, model.depth, model.fc.out_features, plan=tuple(plan)).to(device)
+    small_layers = dict(small.layers.named_children())
+    previous = None
+    for n in names:
+        idx, empty = rows[n]
+        idx = idx.to(device)
+        big, little = getattr(model.layers, n), small_layers[n]
+        w = big.conv.weight.index_select(0, idx)
+        little.conv.weight.copy_(w if previous is None else w.index_select(1, previous))
+        little.conv.bias.copy_(big.conv.bias.index_select(0, idx))
+        for attr in ("weight", "bias", "running_mean", "running_var"):
+            getattr(little.bn, attr).copy_(getattr(big.bn, attr).index_select(0, idx))
+        little.bn.num_batches_tracked.copy_(big.bn.num_batches_tracked)
+        if empty:
+            little.bn.weight.zero_()
+            little.bn.bias.zero_()
+        previous = idx
+    small.fc.weight.copy_(model.fc.weight.index_select(1, previous))
     small.fc.bias.copy_(model.fc.bias)
     small.train(model.training)
     return small

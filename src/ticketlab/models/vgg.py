@@ -30,9 +30,11 @@ class ConvModule(nn.Module):
 
 
 class VGG(nn.Module):
-    def __init__(self, input_shape: tuple[int, ...], depth: int, num_classes: int):
+    def __init__(self, input_shape: tuple[int, ...], depth: int, num_classes: int, plan: tuple | None = None):
+        """`plan` overrides the depth's channel plan (same pools), e.g. for a channel-pruned copy."""
         super().__init__()
-        plan = PLANS[depth]
+        self.input_shape, self.depth = tuple(input_shape), depth
+        plan = PLANS[depth] if plan is None else tuple(plan)
         channels, _, _ = _image_shape(input_shape, pools=plan.count("M"), model=f"vgg{depth}_bn")
         layers = []
         for spec in plan:
