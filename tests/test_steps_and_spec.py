@@ -102,3 +102,15 @@ def test_specs_are_frozen():
     s = default_spec()
     with pytest.raises(Exception):
         s.train.lr = 1.0
+
+
+def test_optional_lists_take_none():
+    table = {s.name: s for s in specs.settings_of(LotterySpec)}
+    assert table["controls"].parse("none", "--controls") == ()
+    assert table["controls"].parse("random_prune,reshuffle", "--controls") == ("random_prune", "reshuffle")
+    with pytest.raises(UserError, match="valid: random_prune, random_reinit, reshuffle"):
+        table["controls"].parse("none,bogus", "--controls")
+    with pytest.raises(UserError, match="--seeds: expected an integer"):
+        table["seeds"].parse("none", "--seeds")
+    with pytest.raises(UserError, match="--seeds: must not be empty"):
+        table["seeds"].coerce([], "--seeds")

@@ -153,6 +153,8 @@ class ListOf(Kind):
 
     def parse(self, text: str):
         parts = [p.strip() for p in str(text).split(",") if p.strip()]
+        if not self.nonempty and parts in ([], ["none"]):
+            return ()
         return self.coerce([self.item.parse(p) for p in parts])
 
     def coerce(self, value):
