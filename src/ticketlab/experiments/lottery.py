@@ -318,28 +318,42 @@ def run(spec: LotterySpec, *, out: str = "runs", force: bool = False, progress: 
         bars.print(parallel.describe())
         bars.print(header(arms))
         cost = {task.key: task.cost for task in tasks}
+        level_cost = {lv: sum(cost[k] for k in keys) for lv, keys in expected.items()}
+        level_bars: dict = {}
         running: dict = {}
 
         def on_start(key):
-            running[key] = [bars.add(f"  {key[0]} seed {key[1]}" + (f" level {key[2]}" if key[2] >= 0 else ""), cost[key]), 0]
+            level = key[2]
+            if level >= 0 and level not in level_bars:
+                level_bars[level] = bars.add(f"level {level}/{lo.levels}", level_cost[level])
+            running[key] = [bars.add(f"  {key[0]} seed {key[1]}" + (f" level {level}" if level >= 0 else ""), cost[key]), 0]
+
+        def advance(key, amount):
+            bars.advance(overall, amount)
+            if key[2] in level_bars:
+                bars.advance(level_bars[key[2]], amount)
 
         def on_progress(key, n):
             if key in running:
                 bar, before = running[key]
                 bars.set(bar, n)
-                bars.advance(overall, n - before)
+                advance(key, n - before)
                 running[key][1] = n
 
         def on_done(key, row):
             bar, before = running.pop(key, [None, 0])
             if bar is not None:
                 bars.progress.remove_task(bar)
-            bars.advance(overall, cost[key] - before)
+            if key[2] >= 0 and key[2] not in level_bars:  # finished earlier: no bar was needed
+                level_bars[key[2]] = bars.add(f"level {key[2]}/{lo.levels}", level_cost[key[2]])
+            advance(key, cost[key] - before)
             if key[0] != "pretrain":
                 rows[key] = row
             while printed[0] <= lo.levels and all(k in rows for k in expected[printed[0]]):
                 level = printed[0]
                 bars.print(format_row(level, [rows[k] for k in expected[level]], arms))
+                if level in level_bars:
+                    bars.progress.remove_task(level_bars[level])
                 printed[0] += 1
 
         run_tasks(tasks, factory=make_executor, spec=spec, out=str(out), parallel=parallel, local_executor=lottery,
