@@ -225,3 +225,18 @@ def test_mnist1d_untrained_large_final_same_sign_supermask_is_far_above_chance(t
     for level in (1, 2, 3):
         lfss = table[next(k for k in table if k[0] == level and k[2] == "large_final_same_sign" and k[3] == "signed_constant")]
         assert statistics.fmean(lfss) > 0.15
+
+
+@pytest.mark.parametrize("mask_zero", ["zero", "freeze_init"])
+def test_grid_results_do_not_depend_on_stacking_or_workers(tmp_path, mask_zero):
+    import ticketlab
+
+    settings = dict(dataset="synthetic", model="mlp", widths=(16,), steps="40it", eval_every="20it", levels=2,
+                    criterion=("large_final", "random"), mask_one=("rewind", "signed_constant"), mask_zero=mask_zero,
+                    seeds=(0, 1))
+    key = lambda r: (r["criterion"], r["mask_one"], r["phase"], r["level"], r["seed"])
+    tables = [{key(r): (r["test_accuracy"], r["test_loss"]) for r in
+               ticketlab.deconstruct(out=str(tmp_path / f"w{w}b{b}"), workers=w, max_batch=b, **settings)}
+              for w, b in ((1, 1), (1, 4), (2, 3))]
+    assert len(tables[0]) == 2 + 2 * 2 * 2 * 2 + 2 * 2 * 2 * 2  # dense, trained cells, untrained evaluations
+    assert tables[0] == tables[1] == tables[2]

@@ -12,11 +12,15 @@ untrained init, as is (`rewind`) or as the signed constant sign(w_i) * sigma_lay
 evaluated without any training: rows with `phase = untrained` (`mask_one` then names those weights). The
 masks are those of the first mask-1 action's chains (with `rewind`, Zhou et al.'s setting).
 
-Every (cell, seed, level) is a unit of the store: resumable, verified, skipped when done.
+Every (cell, seed, level) is a unit of the store: resumable, verified, skipped when done. The units are a
+task graph run like the lottery experiment's (`experiments/scheduler.py`): worker processes, and the
+K-model engine inside each where it pays.
 """
 
 from __future__ import annotations
 
+import math
+import time
 from dataclasses import dataclass, field
 from typing import ClassVar
 
@@ -31,8 +35,10 @@ from ..spec import (Bool, Choice, DataSpec, Int, ListOf, ModelSpec, PruneSpec, S
                     setting)
 from ..store import Run, Unit
 from ..train import evaluate
+from ..train.jobs import run_jobs
 from .common import Setup
 from .lottery import Lottery, LotteryOptions, LotterySpec, format_row, header
+from .scheduler import Task, plan_parallelism, run_tasks
 
 
 @dataclass(frozen=True)
@@ -129,47 +135,113 @@ COLUMNS = ("criterion", "mask_one", "mask_zero", "phase", "level", "weights_rema
            "best_accuracy", "early_stop_step", "early_stop_accuracy", "test_loss", "train_steps", "seconds")
 
 
+class Grid:
+    """Every cell of the grid as one executor (each worker process builds its own): tasks are keys
+    (criterion, mask-1 action, seed, level), and ("dense", "none", seed, 0) for the shared dense network.
+    Tasks of one level train together, stacked where the K-model engine pays (mask-0 fills included)."""
+
+    def __init__(self, spec: DeconstructSpec, setup: Setup):
+        d = spec.deconstruct
+        self.spec, self.setup = spec, setup
+        self.base = Chain(spec, setup, spec.prune.criterion[0], d.mask_one[0], None)  # bad input fails here
+        self.chains = {(c, a): Chain(spec, setup, c, a, self.base) for a in d.mask_one for c in spec.prune.criterion}
+
+    def attach(self, run_folder: Run) -> None:
+        for chain in [self.base, *self.chains.values()]:
+            chain.run = run_folder
+
+    def chain(self, key) -> Chain:
+        return self.base if key[3] == 0 else self.chains[(key[0], key[1])]
+
+    def tasks(self) -> list[Task]:
+        d, plan = self.spec.deconstruct, self.base.plan
+        out = []
+        for seed in d.seeds:
+            dense = ("dense", "none", seed, 0)
+            out.append(Task(dense, (), "train", plan.total - plan.rewind))
+            for (criterion, action) in self.chains:
+                for level in range(1, d.levels + 1):
+                    before = dense if level == 1 else (criterion, action, seed, level - 1)
+                    out.append(Task((criterion, action, seed, level), (before,), "train", plan.total - plan.rewind))
+        return out
+
+    def execute(self, keys: list, *, stack: bool, max_batch: int = 0, progress=None) -> dict:
+        results, pending = {}, []
+        for key in keys:
+            chain, inner = self.chain(key), ("ticket", key[2], key[3])
+            unit = chain.unit_of(inner)
+            if unit.is_done():
+                try:
+                    results[key] = unit.read("result.json")
+                    continue
+                except CorruptFile:
+                    pass
+            job = chain.prepare(inner)
+            job.key = key
+            pending.append((chain, job))
+        began = time.perf_counter()
+        fitted = run_jobs([job for _, job in pending], self.setup.data, self.spec.train, stack=stack,
+                          max_batch=max_batch, progress=progress)
+        seconds = (time.perf_counter() - began) / max(len(pending), 1)
+        for (chain, job), f in zip(pending, fitted):
+            key, job.key = job.key, ("ticket", job.key[2], job.key[3])
+            results[key] = chain.finish(job, f, seconds)
+        return results
+
+
+def make_executor(spec: DeconstructSpec, out: str) -> Grid:
+    grid = Grid(spec, Setup.prepare(spec))
+    grid.attach(Run.open(out, spec))
+    return grid
+
+
 def run(spec: DeconstructSpec, *, out: str = "runs", force: bool = False, progress: bool | None = None) -> Results:
     """Run (or resume) the deconstruct grid; returns tidy rows (`phase` trained / untrained)."""
     setup = Setup.prepare(spec)
     d = spec.deconstruct
-    base = Chain(spec, setup, spec.prune.criterion[0], d.mask_one[0], None)  # bad input fails here
-    chains = [Chain(spec, setup, c, a, base) for a in d.mask_one for c in spec.prune.criterion]
+    grid = Grid(spec, setup)
+    tasks = grid.tasks()
+    t = spec.train
+    parallel = plan_parallelism(setup.new_model_like(), setup.device, width=len(d.seeds) * len(grid.chains),
+                                total_steps=sum(task.cost for task in tasks), batch_size=t.batch_size,
+                                input_numel=math.prod(setup.data.input_shape), workers=t.workers, max_batch=t.max_batch)
     run_folder = Run.open(out, spec, force=force)
-    rows: list[dict] = []
+    grid.attach(run_folder)
     criteria = list(spec.prune.criterion)
+    by_level = {lv: [task.key for task in tasks if task.key[3] == lv] for lv in range(d.levels + 1)}
+    trained: dict = {}
+    rows: list[dict] = []
+    printed = [0]
     with Bars(progress) as bars:
-        for chain in [base, *chains]:
-            chain.run = run_folder
         bars.print(f"run folder: {run_folder.path}")
-        for level in range(d.levels + 1):
-            cells = [base] if level == 0 else chains
-            span = base.plan.total - base.plan.rewind
-            level_task = bars.add(f"level {level}/{d.levels}", span * len(cells) * len(d.seeds))
-            level_rows = []
-            for chain in cells:
-                done = {}
+        bars.print(parallel.describe())
+        overall = bars.add(f"deconstruct, {len(grid.chains)} cell(s) x {len(d.seeds)} seed(s)", sum(task.cost for task in tasks))
+        seen: dict = {}
 
-                def progress_of(key, n, done=done):
-                    bars.advance(level_task, n - done.get(key, 0))
-                    done[key] = n
+        def on_progress(key, n):
+            bars.advance(overall, n - seen.get(key, 0))
+            seen[key] = n
 
-                # One unit after another (stack=False): the stacked engine does not know mask-0 fills.
-                results = chain.execute([("ticket", seed, level) for seed in d.seeds], stack=False, progress=progress_of)
-                for seed in d.seeds:
-                    r = results[("ticket", seed, level)]
-                    if level == 0:  # the dense network: no criterion, no action
-                        level_rows.append(_row(r, "dense", "none", "none", "trained"))
-                        continue
-                    level_rows.append(_row(r, chain.criterion, chain.action, d.mask_zero, "trained"))
-                    if chain.action != d.mask_one[0]:
+        def on_done(key, result):
+            on_progress(key, grid.base.plan.total - grid.base.plan.rewind)
+            trained[key] = result
+            while printed[0] <= d.levels and all(k in trained for k in by_level[printed[0]]):
+                level = printed[0]
+                level_rows = []
+                for k in by_level[level]:
+                    criterion, action, seed, _ = k
+                    level_rows.append(_row(trained[k], criterion, action, "none" if level == 0 else d.mask_zero, "trained"))
+                    if level == 0 or action != d.mask_one[0]:
                         continue
                     for weights in d.untrained:
-                        u = chain.untrained(seed, level, weights)
-                        level_rows.append(_row({**u, "seed": seed}, chain.criterion, weights, "zero", "untrained"))
-            bars.progress.remove_task(level_task)
-            rows += level_rows
-            _print_level(bars, level, level_rows, criteria, d, first=level == 0)
+                        u = grid.chain(k).untrained(seed, level, weights)
+                        level_rows.append(_row({**u, "seed": seed}, criterion, weights, "zero", "untrained"))
+                rows.extend(level_rows)
+                _print_level(bars, level, level_rows, criteria, d, first=level == 0)
+                printed[0] += 1
+
+        run_tasks(tasks, factory=make_executor, spec=spec, out=str(out), parallel=parallel, local_executor=grid,
+                  on_progress=on_progress, on_done=on_done)
     results = Results([{k: r.get(k) for k in COLUMNS} for r in rows])
     write_outputs(run_folder, spec, results)
     return results
