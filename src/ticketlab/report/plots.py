@@ -20,6 +20,17 @@ def _png(fig) -> bytes:
     return buf.getvalue()
 
 
+def _finish(fig, ax, xlabel: str, ylabel: str, title: str, legend: int | None = 8, title_size: float | None = None) -> bytes:
+    """Labels, title, a light grid and the legend every line plot here shares; then the PNG."""
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title, fontsize=title_size)
+    ax.grid(alpha=0.3)
+    if legend:
+        ax.legend(fontsize=legend)
+    return _png(fig)
+
+
 def accuracy_vs_sparsity(summary: list[dict], title: str, dense: float | None = None) -> bytes:
     """Test accuracy vs % weights remaining (log x, decreasing to the right), one curve per arm, mean +- std
     over seeds, and the dense network's accuracy as a horizontal line (Frankle & Carbin, Fig. 3 style)."""
@@ -42,12 +53,7 @@ def accuracy_vs_sparsity(summary: list[dict], title: str, dense: float | None = 
     ax.set_xticks(ticks)
     ax.set_xticklabels([f"{t:g}" for t in ticks], rotation=45)
     ax.minorticks_off()
-    ax.set_xlabel("% weights remaining")
-    ax.set_ylabel("test accuracy (%)")
-    ax.set_title(title)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    return _png(fig)
+    return _finish(fig, ax, "% weights remaining", "test accuracy (%)", title, legend=8)
 
 
 # ------------------------------------------------------------------------------------ training dynamics
@@ -59,12 +65,7 @@ def lca_by_layer(steps: list[int], layers: dict[str, list[float]], title: str) -
     for name, values in layers.items():
         ax.plot(steps, np.cumsum(values), label=name or "(root)", lw=1.2)
     ax.axhline(0, color="gray", lw=0.8)
-    ax.set_xlabel("iteration")
-    ax.set_ylabel("cumulative LCA (loss change)")
-    ax.set_title(title)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=7)
-    return _png(fig)
+    return _finish(fig, ax, "iteration", "cumulative LCA (loss change)", title, legend=7)
 
 
 def lca_fraction_helped(steps: list[int], fractions: dict[str, list[float]], title: str) -> bytes:
@@ -73,12 +74,7 @@ def lca_fraction_helped(steps: list[int], fractions: dict[str, list[float]], tit
     for label, values in fractions.items():
         ax.plot(steps[:len(values)], [100 * v for v in values], lw=1, label=label)
     ax.axhline(50, color="gray", ls="--", lw=0.8)
-    ax.set_xlabel("iteration")
-    ax.set_ylabel("% parameters helping (LCA < 0)")
-    ax.set_title(title)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    return _png(fig)
+    return _finish(fig, ax, "iteration", "% parameters helping (LCA < 0)", title, legend=8)
 
 
 def lca_neuron_heatmap(values, layer: str, title: str) -> bytes:
@@ -104,12 +100,7 @@ def interpolation_error(curves: dict[str, tuple[list[float], list[float]]], titl
     fig, ax = plt.subplots(figsize=(6.4, 4.2))
     for label, (alphas, errors) in curves.items():
         ax.plot(alphas, [100 * e for e in errors], marker=".", ms=3, lw=1, label=label)
-    ax.set_xlabel("interpolation alpha")
-    ax.set_ylabel("test error (%)")
-    ax.set_title(title)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    return _png(fig)
+    return _finish(fig, ax, "interpolation alpha", "test error (%)", title, legend=8)
 
 
 def barrier_vs_rewind(series: dict[str, tuple[list[int], list[float]]], title: str) -> bytes:
@@ -118,12 +109,7 @@ def barrier_vs_rewind(series: dict[str, tuple[list[int], list[float]]], title: s
     for label, (ks, barriers) in series.items():
         ax.plot(ks, [100 * b for b in barriers], marker="o", ms=4, label=label)
     ax.axhline(2, color="gray", ls="--", lw=0.8, label="2% (stable)")
-    ax.set_xlabel("step k of the copy")
-    ax.set_ylabel("error barrier (%)")
-    ax.set_title(title)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    return _png(fig)
+    return _finish(fig, ax, "step k of the copy", "error barrier (%)", title, legend=8)
 
 
 def supermask_curves(curves: dict, title: str) -> bytes:
@@ -136,12 +122,7 @@ def supermask_curves(curves: dict, title: str) -> bytes:
         if any(r.get("expected_mask_accuracy") is not None for r in rows):
             ax.plot([r["step"] for r in rows], [100 * (r.get("expected_mask_accuracy") or 0) for r in rows], color=color,
                     ls="--", lw=1, label=f"seed {seed} (expected mask)")
-    ax.set_xlabel("training step (scores)")
-    ax.set_ylabel("test accuracy (%)")
-    ax.set_title(title, fontsize=9)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=7)
-    return _png(fig)
+    return _finish(fig, ax, "training step (scores)", "test accuracy (%)", title, legend=7, title_size=9)
 
 
 def accuracy_by_criterion(summary: list[dict], title: str, dense: float | None = None) -> bytes:
@@ -181,9 +162,4 @@ def ticket_accuracy_by_epoch(series: dict[str, tuple[list[int], list[float]]], t
         ax.plot(epochs, [100 * a for a in accs], marker="o", ms=4, label=label)
     if dense is not None:
         ax.axhline(100 * dense, color="gray", ls="--", lw=1, label=f"dense ({100 * dense:.1f}%)")
-    ax.set_xlabel("epoch the ticket is drawn at")
-    ax.set_ylabel("test accuracy after retraining (%)")
-    ax.set_title(title)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    return _png(fig)
+    return _finish(fig, ax, "epoch the ticket is drawn at", "test accuracy after retraining (%)", title, legend=8)
