@@ -391,6 +391,7 @@ def _criteria():
 
 OPTIMIZERS = ("sgd", "adam")
 SCHEDULES = ("constant", "milestones", "cosine")
+EXECUTORS = ("local", "ray")
 
 
 @dataclass(frozen=True)
@@ -437,6 +438,10 @@ class TrainSpec:
     threads: int = setting(0, "torch intra-op threads per process (0: one; cores are used by --workers)", Int(0), hashed=False)
     workers: int = setting(0, "worker processes for independent trainings (0: automatic; 1: this process only)", Int(0), hashed=False)
     max_batch: int = setting(0, "models stacked into one per step (0: automatic; 1: no stacking)", Int(0), hashed=False)
+    executor: str = setting("local", "where units run: local (worker processes on this machine) or ray (a Ray cluster; "
+                            "--out must be a folder every node sees)", Choice("executor", lambda: EXECUTORS), hashed=False)
+    ray_address: str = setting("", "address of a running Ray cluster for --executor ray (empty: start a local Ray instance)",
+                               Text(), hashed=False)
 
 
 @dataclass(frozen=True)
