@@ -1,5 +1,5 @@
 """One epoch of LeNet-300-100 on MNIST-shaped data (60,000 samples, batch 60, SGD) including the
-evaluation on the 10,000-sample test set, through ticketlab's fit. OpenLTH needs ~3.8 s here (design.md)."""
+evaluation on the 10,000-sample test set, through ticketlab's fit. OpenLTH needs ~3.8 s here (measured earlier on this machine)."""
 
 from __future__ import annotations
 

@@ -48,7 +48,7 @@ def main() -> None:
         fit(model, setup.data, spec.train, seed=0, start=0, end=args.steps, schedule=setup.schedule, callbacks=rec)
         return time.perf_counter() - t, rec, model
 
-    plain()  # warm-up (page faults of the first model, design.md)
+    plain()  # warm-up (page faults of the first model run slow)
     times_plain, times_lca = [], []
     for _ in range(3):   # interleaved, best of 3: the machine is shared
         times_plain.append(plain())

@@ -8,7 +8,7 @@ from ticketlab import models
 from ticketlab import spec as specs
 from ticketlab.errors import UserError
 from ticketlab.experiments.lottery import LotterySpec
-from ticketlab.sparse import Mask, score
+from ticketlab.sparse import Mask, prune, score
 from ticketlab.sparse.actions import (MASK_ONE_ACTIONS, layer_sigma, mask_one, mask_zero, with_actions)
 from ticketlab.train import Schedule, fit
 
@@ -83,16 +83,27 @@ def test_reinit_draws_from_the_whole_layer():
         assert set(signed[n][mask[n]].abs().tolist()) <= set(init[n].abs().flatten().tolist())
 
 
+def test_layer_sigma_of_hand_built_layers():
+    # mean 5, squared deviations 9 1 1 1 0 0 4 16: population variance 32 / 8 = 4
+    assert layer_sigma(torch.tensor([[2.0, 4.0, 4.0, 4.0], [5.0, 5.0, 7.0, 9.0]])) == 2.0
+    assert layer_sigma(torch.tensor([-3.0, 3.0])) == 3.0      # population std: not sqrt(18) as with n - 1
+    assert float(layer_sigma(torch.full((3, 3), 0.7))) == pytest.approx(0.0, abs=1e-6)
+
+
+# toy()'s layers are the grids (-11.5 ... 11.5) / 10 and (-4.5 ... 4.5) / 7 in some order: a grid of n
+# unit steps has population variance (n^2 - 1) / 12
+TOY_SIGMA = {"a.weight": ((24 ** 2 - 1) / 12) ** 0.5 / 10, "b.weight": ((10 ** 2 - 1) / 12) ** 0.5 / 7}
+
+
 def test_constants_are_the_layer_init_std_with_random_or_original_sign():
     init, mask = toy()
     sc = mask_one("signed_constant", init, mask, gen())
     c = mask_one("constant", init, mask, gen())
     for n in mask:
-        sigma = init[n].std(correction=0)
-        assert torch.isclose(layer_sigma(init[n]), sigma)
         kept = mask[n]
-        assert torch.equal(sc[n][kept], torch.sign(init[n][kept]) * sigma)
-        assert torch.allclose(c[n][kept].abs(), sigma.expand(int(kept.sum())))
+        assert float(layer_sigma(init[n])) == pytest.approx(TOY_SIGMA[n], rel=1e-6)
+        assert torch.allclose(sc[n][kept], torch.sign(init[n][kept]) * TOY_SIGMA[n], rtol=1e-6, atol=0)
+        assert torch.allclose(c[n][kept].abs(), torch.full((int(kept.sum()),), TOY_SIGMA[n]), rtol=1e-6, atol=0)
     signs = torch.cat([torch.sign(c[n][mask[n]]) for n in mask])
     orig = torch.cat([torch.sign(init[n][mask[n]]) for n in mask])
     assert (signs > 0).any() and (signs < 0).any() and not torch.equal(signs, orig)
@@ -183,23 +194,37 @@ def test_freeze_init_keeps_pruned_weights_exactly_at_init_through_training(optim
 
 
 # ------------------------------------------------------------------------------------- criteria with mask
-@pytest.mark.parametrize("criterion", ["large_init_large_final", "small_init_small_final"])
+PERCENTILE = ["large_init_large_final", "small_init_small_final"]
+
+
+@pytest.mark.parametrize("criterion", PERCENTILE)
 def test_percentile_criteria_rank_among_kept_weights(criterion):
+    """With a mask, the kept weights score as if the pruned ones were not there: exactly the scores of the
+    kept weights on their own, whatever values the pruned positions hold; pruned positions are never
+    candidates (-inf)."""
     g = gen(6)
     wi, wf = torch.randn(50, generator=g), torch.randn(50, generator=g)
     kept = torch.rand(50, generator=g) < 0.4
     wf = torch.where(kept, wf, torch.zeros_like(wf))  # pruned weights are zero after training
-    s_masked = score(criterion, {"w": wi}, {"w": wf}, ["w"], gen(), mask={"w": kept})["w"]
-    sign = 1 if criterion.startswith("large") else -1
+    masked = score(criterion, {"w": wi}, {"w": wf}, ["w"], gen(), mask={"w": kept})["w"]
+    alone = score(criterion, {"w": wi[kept]}, {"w": wf[kept]}, ["w"], gen())["w"]
+    assert torch.equal(masked[kept], alone)
+    assert torch.isinf(masked[~kept]).all() and (masked[~kept] < 0).all()
+    noise = torch.randn(50, generator=g) * 10
+    other = score(criterion, {"w": torch.where(kept, wi, noise)}, {"w": torch.where(kept, wf, -noise)}, ["w"], gen(),
+                  mask={"w": kept})["w"]
+    assert torch.equal(other, masked), "the pruned weights' values do not move the kept weights' ranks"
+    assert ((masked[kept] >= 0) & (masked[kept] <= 1)).all()
 
-    def rank(x):
-        r = torch.empty_like(x)
-        r[x.argsort(stable=True)] = torch.arange(len(x), dtype=x.dtype) / (len(x) - 1)
-        return r
 
-    expected = torch.minimum(rank(sign * wi[kept].abs()), rank(sign * wf[kept].abs()))
-    assert torch.equal(s_masked[kept], expected)
-    assert torch.isinf(s_masked[~kept]).all()
-    s_plain = score(criterion, {"w": wi}, {"w": wf}, ["w"], gen())["w"]
-    assert torch.equal(s_plain, torch.minimum(rank(sign * wi.abs()), rank(sign * wf.abs())))  # without a mask: as before
-    assert not torch.equal(s_plain[kept], s_masked[kept])
+def test_shared_percentile_among_kept_weights_on_a_hand_built_layer():
+    """Kept 0, 1, 2 with |w_i| = 6 17 3 and |w_f| = 11 10 14; pruned 3, 4 with |w_i| = 10 7 (w_f = 0).
+    Keeping 1 of the 3: among the kept, the top 2 of |w_i| {0, 1} and of |w_f| {0, 2} meet in {0}. Ranked
+    over the whole layer instead, the pruned 10 and 7 push weight 0's |w_i| into the bottom two and weight
+    1 would be kept: the mask decides."""
+    wi, wf = torch.tensor([6.0, 17.0, 3.0, 10.0, 7.0]), torch.tensor([11.0, 10.0, 14.0, 0.0, 0.0])
+    mask = Mask({"w": torch.tensor([True, True, True, False, False])})
+    masked = score("large_init_large_final", {"w": wi}, {"w": wf}, ["w"], gen(), mask=mask)
+    assert prune(masked, mask, {"w": 2 / 3})["w"].tolist() == [True, False, False, False, False]
+    whole = score("large_init_large_final", {"w": wi}, {"w": wf}, ["w"], gen())
+    assert prune(whole, mask, {"w": 2 / 3})["w"].tolist() == [False, True, False, False, False]

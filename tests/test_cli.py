@@ -1,36 +1,74 @@
-"""The `ticketlab` command as a user runs it: in a subprocess, checking exit codes and what it prints."""
+"""The `ticketlab` command: bad input in-process through `cli.main(argv)`, plus a few runs of the real entry
+point in a subprocess, and checks that parsing, help, errors and `show` never import torch."""
 
 import json
 import subprocess
-import sys
+import textwrap
+from pathlib import Path
 
 import pytest
+
+from ticketlab import cli
+from ticketlab import spec as specs
 
 FAST = ["--dataset", "synthetic", "--model", "mlp", "--widths", "16", "--steps", "20it", "--batch-size", "100",
         "--eval-every", "10it", "--levels", "2", "--no-progress"]
 
 
-def cli(python, env, *args, cwd=None):
-    return subprocess.run([python, "-m", "ticketlab", *args], env=env, capture_output=True, text=True, timeout=300, cwd=cwd)
+def entry_point(python) -> list[str]:
+    """The installed `ticketlab` script next to the interpreter, else `python -m ticketlab`."""
+    script = Path(python).with_name("ticketlab")
+    return [str(script)] if script.is_file() else [python, "-m", "ticketlab"]
 
 
-def test_help_documents_every_setting(python, cli_env):
-    from ticketlab import spec as specs
-    from ticketlab.experiments.lottery import LotterySpec
+def cli_run(python, env, *args, cwd=None):
+    return subprocess.run([*entry_point(python), *args], env=env, capture_output=True, text=True, timeout=300, cwd=cwd)
 
-    top = cli(python, cli_env, "--help")
-    assert top.returncode == 0 and "lottery" in top.stdout and "show" in top.stdout
-    sub = cli(python, cli_env, "lottery", "--help")
+
+def run_main(capsys, *argv):
+    """`ticketlab ARGV` in this process: (exit code, stdout, stderr)."""
+    code = cli.main(list(argv))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def one_line_error(code, out, err, message):
+    assert code == 2, (code, err)
+    assert out == ""
+    assert len(err.strip().splitlines()) == 1, err
+    assert err.startswith("ticketlab: error: ") and "Traceback" not in err
+    assert message in err, err
+
+
+# ------------------------------------------------------------------------------------- the entry point
+def test_help_lists_commands_and_documents_every_setting(python, cli_env):
+    from ticketlab.specs.lottery import LotterySpec
+
+    top = cli_run(python, cli_env, "--help")
+    assert top.returncode == 0
+    for name in cli.COMMANDS:
+        assert name in top.stdout
+    sub = cli_run(python, cli_env, "lottery", "--help")
     assert sub.returncode == 0
     for s in specs.settings_of(LotterySpec):
         assert s.flag in sub.stdout, s.flag
-    for flag in ("--config", "--out", "--force"):
+    for flag in ("--config", "--out", "--force", "--no-progress"):
         assert flag in sub.stdout
-    assert cli(python, cli_env, "show", "--help").returncode == 0
+    assert cli_run(python, cli_env, "show", "--help").returncode == 0
+    version = cli_run(python, cli_env, "--version")
+    assert version.returncode == 0 and version.stdout.startswith("ticketlab ")
+
+
+def test_entry_point_bad_input_is_one_line_exit_2(python, cli_env, tmp_path):
+    r = cli_run(python, cli_env, "lottery", "--levels", "-3", "--out", str(tmp_path / "runs"))
+    one_line_error(r.returncode, r.stdout, r.stderr, "--levels: must be >= 0, got -3")
+    r = cli_run(python, cli_env, "frobnicate")
+    one_line_error(r.returncode, r.stdout, r.stderr, "invalid choice")
+    assert not (tmp_path / "runs").exists()
 
 
 def test_lottery_then_show_in_every_format(python, cli_env, tmp_path):
-    r = cli(python, cli_env, "lottery", *FAST, "--seeds", "0,1", "--out", str(tmp_path))
+    r = cli_run(python, cli_env, "lottery", *FAST, "--seeds", "0,1", "--out", str(tmp_path))
     assert r.returncode == 0, r.stderr
     lines = r.stdout.strip().splitlines()
     assert lines[0].startswith("run folder: ") and lines[1].startswith("parallel: ")
@@ -38,29 +76,125 @@ def test_lottery_then_show_in_every_format(python, cli_env, tmp_path):
     assert [l.split()[0] for l in lines[3:6]] == ["0", "1", "2"]
     run_dir = next(tmp_path.iterdir())
     assert {"spec.json", "results.csv", "results.json", "summary.json", "accuracy.png"} <= {p.name for p in run_dir.iterdir()}
-    csv = cli(python, cli_env, "show", str(run_dir), "--format", "csv")
+    csv = cli_run(python, cli_env, "show", str(run_dir), "--format", "csv")
     assert csv.returncode == 0
     header, *rows = csv.stdout.strip().splitlines()
     assert header.startswith("level,weights_remaining,arm,seed,test_accuracy") and len(rows) == 2 * (1 + 3 + 3)
-    js = json.loads(cli(python, cli_env, "show", str(run_dir), "--format", "json").stdout)
+    js = json.loads(cli_run(python, cli_env, "show", str(run_dir), "--format", "json").stdout)
     assert {r["arm"] for r in js} == {"ticket", "random_reinit", "random_prune"}
-    table = cli(python, cli_env, "show", str(run_dir))
+    table = cli_run(python, cli_env, "show", str(run_dir))
     assert table.returncode == 0 and table.stdout.splitlines()[1:] == lines[3:6]
     # rerun: resumes, nothing to train, same table
-    again = cli(python, cli_env, "lottery", *FAST, "--seeds", "0,1", "--out", str(tmp_path))
+    again = cli_run(python, cli_env, "lottery", *FAST, "--seeds", "0,1", "--out", str(tmp_path))
     assert again.stdout == r.stdout
 
 
-def test_config_file_and_flags(python, cli_env, tmp_path):
-    cfg = tmp_path / "exp.toml"
-    cfg.write_text('[data]\ndataset = "synthetic"\n[model]\nmodel = "mlp"\nwidths = [16]\n'
-                   '[train]\nsteps = "20it"\neval_every = "10it"\n[lottery]\nlevels = 1\ncontrols = []\n')
-    r = cli(python, cli_env, "lottery", "--config", str(cfg), "--no-progress", "--out", str(tmp_path / "runs"))
+# ------------------------------------------------------------------------------------------- no torch
+TORCH_FREE = textwrap.dedent("""
+    import contextlib, io, json, sys
+    import ticketlab.cli as cli
+    codes = []
+    for argv in json.loads(sys.argv[1]):
+        out, err = io.StringIO(), io.StringIO()
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            try:
+                code = cli.main(argv)
+            except SystemExit as e:
+                code = e.code
+        codes.append([code, out.getvalue(), err.getvalue()])
+    cli.build_parser()  # every subcommand's flags
+    print(json.dumps({"codes": codes, "torch": sorted(m for m in sys.modules if m == "torch" or m.startswith("torch."))}))
+""")
+
+
+def fake_run_folder(tmp_path, experiment: str, rows: list[dict]) -> Path:
+    from ticketlab import store
+
+    spec = specs.build(cli.EXPERIMENTS[experiment].spec_class(), {})
+    run = store.Run.open(tmp_path / "runs", spec)
+    run.write("results.csv", rows)
+    return run.path
+
+
+def test_help_parsing_errors_and_show_do_not_import_torch(python, cli_env, tmp_path):
+    bad_toml = tmp_path / "bad.toml"
+    bad_toml.write_text("levels = = 3\n")
+    unknown_key = tmp_path / "unknown.toml"
+    unknown_key.write_text("[train]\nlearning_rate = 3\n")
+    lottery_rows = [{"level": lv, "weights_remaining": 0.8 ** lv, "arm": arm, "seed": s, "test_accuracy": 0.5 + lv / 10}
+                    for lv in (0, 1) for arm in (("ticket",) if lv == 0 else ("ticket", "random_prune")) for s in (0, 1)]
+    lottery_dir = fake_run_folder(tmp_path, "lottery", lottery_rows)
+    lca_dir = fake_run_folder(tmp_path, "lca", [{"seed": 0, "layer": "fc1", "lca": -0.25}])
+    out = str(tmp_path / "runs-bad")
+    cases = [
+        (["--help"], 0, "show"),
+        (["--version"], 0, "ticketlab "),
+        ([], 2, "COMMAND"),
+        (["lottery", "--help"], 0, "--prune-fraction"),
+        (["deconstruct", "--help"], 0, "--mask-one"),
+        (["supermask", "--help"], 0, "--kept"),
+        (["show", "--help"], 0, "RUN_DIR"),
+        (["lottery", "--levels", "-3", "--out", out], 2, "--levels: must be >= 0, got -3"),
+        (["lottery", "--model", "foo", "--out", out], 2, "unknown model 'foo'"),
+        (["deconstruct", "--mask-one", "nope", "--out", out], 2, "unknown mask-1 action 'nope'"),
+        (["deconstruct", "--criterion", "nope", "--out", out], 2, "unknown criterion 'nope'"),
+        (["supermask", "--method", "nope", "--out", out], 2, "unknown supermask method 'nope'"),
+        (["lca", "--lca-points", "3", "--out", out], 2, "--lca-points 3: must be a power of two"),
+        (["lottery", "--config", str(bad_toml), "--out", out], 2, "not valid TOML"),
+        (["lottery", "--config", str(unknown_key), "--out", out], 2, "unknown setting 'learning_rate'"),
+        (["lottery", "--config", str(tmp_path / "missing.toml"), "--out", out], 2, "does not exist"),
+        (["lottery", "--no-such-flag"], 2, "unrecognized arguments"),
+        (["frobnicate"], 2, "invalid choice"),
+        (["show", str(tmp_path)], 2, "not a ticketlab run folder"),
+        (["show", str(lottery_dir)], 0, "random_prune"),
+        (["show", str(lottery_dir), "--format", "csv"], 0, "level,weights_remaining,arm,seed,test_accuracy"),
+        (["show", str(lottery_dir), "--format", "json"], 0, '"arm": "ticket"'),
+        (["show", str(lca_dir)], 0, "layer"),
+    ]
+    r = subprocess.run([python, "-c", TORCH_FREE, json.dumps([argv for argv, _, _ in cases])], env=cli_env,
+                       capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr
-    spec = json.loads(next((tmp_path / "runs").iterdir()).joinpath("spec.json").read_text())
-    assert spec["non_default"]["levels"] == 1 and spec["non_default"]["controls"] == []
+    result = json.loads(r.stdout.strip().splitlines()[-1])
+    for (argv, code, text), (got, stdout, stderr) in zip(cases, result["codes"]):
+        assert got == code, (argv, got, stderr)
+        assert text in stdout + stderr, (argv, stdout, stderr)
+        if code == 2 and argv:
+            assert len(stderr.strip().splitlines()) == 1 and stdout == "", (argv, stderr)
+    assert result["torch"] == [], "torch was imported"
+    assert not Path(out).exists()
 
 
+def test_show_table_matches_the_experiment_table(capsys, tmp_path):
+    from ticketlab.report.tables import lottery
+
+    rows = [{"level": lv, "weights_remaining": 0.8 ** lv, "arm": "ticket", "seed": s, "test_accuracy": 0.5 + s / 10}
+            for lv in (0, 1, 2) for s in (0, 1)]
+    run_dir = fake_run_folder(tmp_path, "lottery", rows)
+    code, out, err = run_main(capsys, "show", str(run_dir))
+    assert code == 0 and err == ""
+    assert out.splitlines() == lottery(rows)
+    assert out.splitlines()[1].split()[:3] == ["0", "100.00%", "55.00"]
+
+
+def test_experiment_modules_reexport_the_torch_free_specs_and_tables():
+    import importlib
+
+    from ticketlab.report.tables import TABLES
+
+    for name, e in cli.EXPERIMENTS.items():
+        module = e.run_module()
+        cls = e.spec_class()
+        assert cls.experiment == name
+        assert getattr(module, cls.__name__) is cls, name
+        assert cls.__module__ == f"ticketlab.specs.{name}"
+        if name in TABLES:
+            assert module.table is TABLES[name]
+        else:
+            assert not hasattr(module, "table"), f"{name} has a table: add it to report.tables.TABLES for `show`"
+        importlib.import_module(f"ticketlab.specs.{name}")
+
+
+# ------------------------------------------------------------------------------------------ bad input
 @pytest.mark.parametrize("args,message", [
     (["--model", "resnet999"], "unknown model 'resnet999'; valid: "),
     (["--dataset", "imagenet"], "unknown dataset 'imagenet'; valid: cifar10, fashion_mnist, mnist, mnist1d, synthetic"),
@@ -77,25 +211,47 @@ def test_config_file_and_flags(python, cli_env, tmp_path):
     (["--device", "tpu"], "--device"),
     (["--no-such-flag"], "unrecognized arguments"),
 ])
-def test_bad_input_gives_one_line_exit_2_and_no_run_folder(python, cli_env, tmp_path, args, message):
+def test_bad_input_gives_one_line_exit_2_and_no_run_folder(capsys, tmp_path, args, message):
     out = tmp_path / "runs"
-    r = cli(python, cli_env, "lottery", *FAST, *args, "--out", str(out))
-    assert r.returncode == 2
-    assert r.stdout == ""
-    assert len(r.stderr.strip().splitlines()) == 1, r.stderr
-    assert "Traceback" not in r.stderr and message in r.stderr, r.stderr
+    one_line_error(*run_main(capsys, "lottery", *FAST, *args, "--out", str(out)), message)
     assert not out.exists(), "nothing may be written for bad input"
 
 
-def test_missing_data_files_and_bad_config_are_one_line(python, cli_env, tmp_path):
-    r = cli(python, cli_env, "lottery", "--dataset", "mnist", "--data-dir", str(tmp_path / "nodata"), "--out", str(tmp_path / "runs"))
-    assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1 and "train-images-idx3-ubyte" in r.stderr
-    assert not (tmp_path / "runs").exists()
+def test_missing_data_files_and_bad_config_are_one_line(capsys, tmp_path):
+    runs = tmp_path / "runs"
+    one_line_error(*run_main(capsys, "lottery", "--dataset", "mnist", "--data-dir", str(tmp_path / "nodata"), "--out", str(runs)),
+                   "train-images-idx3-ubyte")
+    assert not runs.exists()
     cfg = tmp_path / "bad.toml"
     cfg.write_text("[train]\nlearning_rate = 3\n")
-    r = cli(python, cli_env, "lottery", "--config", str(cfg), "--out", str(tmp_path / "runs"))
-    assert r.returncode == 2 and "unknown setting 'learning_rate'" in r.stderr and "Traceback" not in r.stderr
-    r = cli(python, cli_env, "show", str(tmp_path))
-    assert r.returncode == 2 and "not a ticketlab run folder" in r.stderr
-    r = cli(python, cli_env, "frobnicate")
-    assert r.returncode == 2 and "invalid choice" in r.stderr and len(r.stderr.strip().splitlines()) == 1
+    one_line_error(*run_main(capsys, "lottery", "--config", str(cfg), "--out", str(runs)), "unknown setting 'learning_rate'")
+    cfg.write_text("levels = = 3\n")
+    one_line_error(*run_main(capsys, "lottery", "--config", str(cfg), "--out", str(runs)), "not valid TOML")
+    one_line_error(*run_main(capsys, "show", str(tmp_path)), "not a ticketlab run folder")
+    one_line_error(*run_main(capsys, "frobnicate"), "invalid choice")
+    one_line_error(*run_main(capsys, "lottery", "--levels"), "expected one argument")
+    assert not runs.exists()
+
+
+def test_no_command_prints_help_and_exits_2(capsys):
+    code, out, err = run_main(capsys)
+    assert code == 2 and "COMMAND" in out and "lottery" in out
+
+
+def test_config_file_and_flags(capsys, tmp_path):
+    cfg = tmp_path / "exp.toml"
+    cfg.write_text('[data]\ndataset = "synthetic"\n[model]\nmodel = "mlp"\nwidths = [16]\n'
+                   '[train]\nsteps = "20it"\neval_every = "10it"\n[lottery]\nlevels = 2\ncontrols = []\n')
+    code, out, err = run_main(capsys, "lottery", "--config", str(cfg), "--levels", "1", "--no-progress", "--out", str(tmp_path / "runs"))
+    assert code == 0, err
+    spec = json.loads(next((tmp_path / "runs").iterdir()).joinpath("spec.json").read_text())
+    assert spec["non_default"]["levels"] == 1 and spec["non_default"]["controls"] == []  # the flag beats the file
+
+
+def test_every_command_parses_with_all_flags_built():
+    parser = cli.build_parser()
+    args = parser.parse_args(["lottery", "--levels", "3", "--out", "x"])
+    assert (args.command, args.levels, args.out, args.force) == ("lottery", "3", "x", False)
+    args = parser.parse_args(["show", "somewhere", "--format", "csv"])
+    assert (args.command, args.run_dir, args.format) == ("show", "somewhere", "csv")
+    assert cli._command_in(["--version"]) is None and cli._command_in(["lca", "--help"]) == "lca"

@@ -5,6 +5,7 @@ All files are tiny and written into tmp_path; nothing is downloaded.
 
 from __future__ import annotations
 
+import dataclasses
 import gzip
 import os
 import pickle
@@ -607,7 +608,7 @@ def test_synthetic_is_learnable():
 
 def test_dataset_is_frozen():
     ds = load("synthetic")
-    with pytest.raises(Exception):
+    with pytest.raises(dataclasses.FrozenInstanceError, match="cannot assign to field 'name'"):
         ds.name = "other"
 
 

@@ -69,7 +69,7 @@ def test_grid_rows_files_and_shared_dense_level(tmp_path):
 def test_start_weights_follow_the_mask_one_action(tmp_path):
     spec = small(criterion=("large_final",), mask_one=("rewind", "signed_constant", "reshuffle"), untrained=())
     run(spec, out=tmp_path, progress=False)
-    init = Unit(folder(tmp_path, spec) / "seed-0" / "pretrain").read("init.safetensors")
+    init = Unit(folder(tmp_path, spec) / "seed-0" / "level-00" / "dense").read("start.safetensors")
     for level in (1, 2):
         for action in ("rewind", "signed_constant", "reshuffle"):
             u = cell(tmp_path, spec, "large_final", action, 0, level)
@@ -91,7 +91,7 @@ def test_freeze_init_mask_zero_keeps_pruned_weights_at_init_while_training(tmp_p
     spec = small(criterion=("large_final",), mask_zero="freeze_init", untrained=(), optimizer=optimizer, **extra)
     res = run(spec, out=tmp_path, progress=False)
     assert {r["mask_zero"] for r in res if r["level"] > 0} == {"freeze_init"}
-    init = Unit(folder(tmp_path, spec) / "seed-0" / "pretrain").read("init.safetensors")
+    init = Unit(folder(tmp_path, spec) / "seed-0" / "level-00" / "dense").read("start.safetensors")
     for level in (1, 2):
         u = cell(tmp_path, spec, "large_final", "rewind", 0, level)
         mask, final = u.read("mask.safetensors"), u.read("final.safetensors")
@@ -105,7 +105,7 @@ def test_untrained_rows_are_the_mask_on_the_init_evaluated_without_training(tmp_
     spec = small(criterion=("large_final_same_sign",), untrained=("signed_constant",))
     res = run(spec, out=tmp_path, progress=False)
     setup = Setup.prepare(spec)
-    init = Unit(folder(tmp_path, spec) / "seed-0" / "pretrain").read("init.safetensors")
+    init = Unit(folder(tmp_path, spec) / "seed-0" / "level-00" / "dense").read("start.safetensors")
     for row in res.where(phase="untrained"):
         mask = cell(tmp_path, spec, "large_final_same_sign", "rewind", 0, row["level"]).read("mask.safetensors")
         weights = {k: (torch.sign(v) * layer_sigma(v) * mask[k] if k in mask else v) for k, v in init.items()}

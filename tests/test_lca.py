@@ -10,7 +10,7 @@ import torch
 from ticketlab import spec as specs
 from ticketlab.experiments.common import Setup
 from ticketlab.experiments.lca import LCASpec, recorder, run
-from ticketlab.instruments.lca import LCARecorder, path_lca, simpson_weights
+from ticketlab.instruments.lca import path_lca, simpson_weights
 from ticketlab.sparse import Mask
 from ticketlab.store import Unit
 from ticketlab.train import fit
@@ -292,6 +292,19 @@ def test_experiment_keeps_the_streamed_parameter_files(tmp_path):
     totals = Unit(seed).read("lca.safetensors")
     rows = torch.cat([Unit(seed / "parameters").read(n)["lca"] for n in names])
     assert torch.allclose(rows[:, :16 * 256].sum(0).view(16, 256), totals["total.hidden.0.weight"], atol=1e-5)
+
+
+def test_lca_results_do_not_depend_on_workers(tmp_path):
+    """Each seed is its own unit: two worker processes train them side by side, with the same numbers."""
+    import ticketlab
+
+    tables = []
+    for workers in (1, 2):
+        out = tmp_path / f"workers-{workers}"
+        ticketlab.lca(**SMALL, seeds=(0, 1), workers=workers, out=str(out), progress=False)
+        (folder,) = out.glob("lca-*")
+        tables.append((folder / "results.csv").read_text())
+    assert tables[0] == tables[1] and len(tables[0].splitlines()) == 1 + 2 * 3
 
 
 @pytest.mark.slow

@@ -1,8 +1,6 @@
 import json
-import os
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -12,7 +10,6 @@ import torch
 import ticketlab
 from ticketlab import spec as specs
 from ticketlab.experiments.lottery import LotterySpec, run
-from ticketlab.io import load_tensors
 from ticketlab.store import Unit
 
 SMALL = dict(dataset="synthetic", model="mlp", widths=(32, 32), steps="60it", batch_size=50, eval_every="20it",
@@ -31,20 +28,57 @@ def unit(out, spec, seed, level, arm):
 def test_rewound_weights_at_every_level_equal_rewind_point_times_mask(tmp_path, rewind):
     spec = small(rewind=rewind, controls=())
     run(spec, out=tmp_path)
-    folder = tmp_path / f"lottery-{specs.spec_hash(spec)}" / "seed-0" / "pretrain"
-    init = load_tensors(folder / "init.safetensors")
-    point = load_tensors(folder / "rewind.safetensors") if rewind != "0it" else init
+    dense = unit(tmp_path, spec, 0, 0, "ticket")
+    init = dense.read("start.safetensors")
+    point = dense.read("rewind.safetensors") if rewind != "0it" else init
     if rewind != "0it":
         assert not torch.equal(point["hidden.0.weight"], init["hidden.0.weight"]), "w_k is trained, not the init"
     densities = []
     for level in range(4):
         u = unit(tmp_path, spec, 0, level, "ticket")
         mask, start = u.read("mask.safetensors"), u.read("start.safetensors")
-        for name, w in point.items():
+        for name, w in (init if level == 0 else point).items():
             expected = w * mask[name] if name in mask else w
             assert torch.equal(start[name], expected), (level, name)
         densities.append(u.read("result.json")["weights_remaining"])
     assert densities[0] == 1.0 and all(a > b for a, b in zip(densities, densities[1:]))
+
+
+def test_the_dense_network_is_one_uninterrupted_training_whatever_the_rewind_point(tmp_path):
+    """Level 0 is the dense network trained on [0, T) in one go; w_k is a snapshot taken during that
+    training, so level 0's numbers (and weights) are the same for every --rewind, and w_k equals the
+    weights of a run stopped at k."""
+    finals, rows = [], []
+    for rewind in ("0it", "20it", "40it"):
+        spec = small(rewind=rewind, controls=(), levels=1, optimizer="sgd", lr=0.05)
+        run(spec, out=tmp_path)
+        dense = unit(tmp_path, spec, 0, 0, "ticket")
+        finals.append(dense.read("final.safetensors"))
+        rows.append({k: v for k, v in dense.read("result.json").items() if k != "seconds"})
+        if rewind != "0it":
+            stopped = small(steps=rewind, controls=(), levels=0, optimizer="sgd", lr=0.05)
+            run(stopped, out=tmp_path / "stopped")
+            w_k = unit(tmp_path / "stopped", stopped, 0, 0, "ticket").read("final.safetensors")
+            snapshot = dense.read("rewind.safetensors")
+            assert all(torch.equal(snapshot[k], w_k[k]) for k in w_k), rewind
+    assert rows[0]["train_steps"] == 60
+    assert rows[1] == rows[0] and rows[2] == rows[0]
+    for other in finals[1:]:
+        assert all(torch.equal(other[k], finals[0][k]) for k in finals[0])
+
+
+def test_a_run_folder_of_the_two_piece_dense_training_is_refused(tmp_path, capsys):
+    from ticketlab import cli
+
+    spec = small(rewind="20it", controls=(), levels=1)
+    folder = tmp_path / f"lottery-{specs.spec_hash(spec)}"
+    (folder / "seed-0" / "pretrain").mkdir(parents=True)
+    args = ["lottery", "--dataset", "synthetic", "--model", "mlp", "--widths", "32,32", "--steps", "60it", "--batch-size", "50",
+            "--eval-every", "20it", "--levels", "1", "--rewind", "20it", "--controls", "none", "--out", str(tmp_path), "--no-progress"]
+    assert cli.main(args) == 2
+    err = capsys.readouterr().err
+    assert "trained the dense network in two pieces" in err and "--force" in err
+    assert cli.main(args + ["--force"]) == 0
 
 
 def test_masks_are_nested_and_controls_use_the_ticket_mask(tmp_path):
@@ -54,7 +88,7 @@ def test_masks_are_nested_and_controls_use_the_ticket_mask(tmp_path):
     m1 = unit(tmp_path, spec, 0, 1, "ticket").read("mask.safetensors")
     m2 = unit(tmp_path, spec, 0, 2, "ticket").read("mask.safetensors")
     assert all(not (m2[k] & ~m1[k]).any() for k in m1)
-    init = load_tensors(tmp_path / f"lottery-{specs.spec_hash(spec)}" / "seed-0" / "pretrain" / "init.safetensors")
+    init = unit(tmp_path, spec, 0, 0, "ticket").read("start.safetensors")
     reinit = unit(tmp_path, spec, 0, 2, "random_reinit")
     assert all(torch.equal(reinit.read("mask.safetensors")[k], m2[k]) for k in m2)
     assert not torch.equal(reinit.read("start.safetensors")["hidden.0.weight"], init["hidden.0.weight"] * m2["hidden.0.weight"])

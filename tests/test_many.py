@@ -1,11 +1,9 @@
-"""Many tickets at once: stacked models (train/stacked.py), worker processes (experiments/scheduler.py)."""
+"""Many tickets at once: stacked models (train/stacked.py), worker processes (run/)."""
 
-import json
 import os
 import signal
 import subprocess
 import time
-from pathlib import Path
 
 import pytest
 import torch
@@ -13,7 +11,7 @@ import torch
 from ticketlab import models, spec as specs
 from ticketlab.data import load
 from ticketlab.experiments.lottery import LotterySpec, run
-from ticketlab.experiments.scheduler import plan_parallelism
+from ticketlab.run.plan import plan_parallelism
 from ticketlab.sparse import Mask
 from ticketlab.store import Unit
 from ticketlab.train import Schedule, fit
@@ -123,7 +121,7 @@ def test_parallelism_rules():
     assert (forced.workers, forced.max_batch) == (3, 5) and "3 worker processes" in forced.describe()
     huge = plan_parallelism(models.build("vgg16_bn", (3, 32, 32), 10, seed=0), gpu, width=32, total_steps=10**6,
                             batch_size=4096, input_numel=3 * 32 * 32)
-    from ticketlab.experiments.scheduler import _total_memory_bytes, model_bytes
+    from ticketlab.run.plan import _total_memory_bytes, model_bytes
     assert huge.max_batch * model_bytes(models.build("vgg16_bn", (3, 32, 32), 10, seed=0), 4096, 3072) <= _total_memory_bytes() // 4
 
 

@@ -1,7 +1,7 @@
 """Science check (issue: lottery foundation): on the MNIST-1D MLP, 3 seeds, the default experiment.
 
 Tickets at 10-25% of the weights match or beat the dense network's test accuracy and beat the
-random-reinit control by at least 2 points on average (methods.md: published tickets reach ~70-75%
+random-reinit control by at least 2 points on average (published tickets reach ~70-75%
 at ~90% sparsity vs ~64-66% dense, with a wider 40-500-500-10 MLP). This trains 63 small networks
 (about 2 minutes on one core).
 """

@@ -9,7 +9,6 @@ import torch
 
 from ticketlab import spec as specs
 from ticketlab.experiments.common import Setup
-from ticketlab.experiments.lottery import LotterySpec
 from ticketlab.experiments.stability import StabilitySpec, lottery_spec, run
 from ticketlab.instruments.interpolation import alphas, error_along_path, error_barrier, interpolate_state
 from ticketlab.store import Unit
@@ -84,6 +83,23 @@ def test_stability_experiment_dense_and_ticket(tmp_path):
     mtime = (folder / "seed-0" / "level-00" / "k-0" / "copy-0" / "final.safetensors").stat().st_mtime_ns
     assert run(spec, out=tmp_path, progress=False).rows == res.rows
     assert (folder / "seed-0" / "level-00" / "k-0" / "copy-0" / "final.safetensors").stat().st_mtime_ns == mtime
+
+
+def test_stability_results_do_not_depend_on_workers(tmp_path):
+    """Parents, copies, paths and the lottery runs' tickets are units of one task graph: with two worker
+    processes they run side by side, with the same numbers."""
+    import ticketlab
+
+    settings = dict(SMALL, copy_steps=("0it", "10it"), ticket_levels=(0, 1), interpolation_points=4, seeds=(0, 1))
+    tables = []
+    for workers in (1, 2):
+        out = tmp_path / f"workers-{workers}"
+        ticketlab.stability(**settings, workers=workers, out=str(out), progress=False)
+        (folder,) = out.glob("stability-*")
+        tables.append([(folder / name).read_text() for name in ("results.csv", "interpolation.csv")])
+        assert len(list(out.glob("lottery-*"))) == 2, "one lottery run per k, each with its own folder and report"
+        assert all((lot / "results.csv").is_file() for lot in out.glob("lottery-*"))
+    assert tables[0] == tables[1] and len(tables[0][0].splitlines()) == 1 + 2 * 2 * 2
 
 
 FAST = ["--dataset", "synthetic", "--model", "mlp", "--widths", "8", "--steps", "6it", "--batch-size", "100",

@@ -1,4 +1,3 @@
-import os
 import pickle
 
 import pytest
@@ -7,7 +6,7 @@ import torch
 from ticketlab import spec as specs
 from ticketlab.errors import UserError
 from ticketlab.experiments.lottery import LotterySpec
-from ticketlab.io import CorruptFile, atomic_write_bytes, load_tensors, save_tensors
+from ticketlab.io import CorruptFile, atomic_write_bytes, load_tensors
 from ticketlab.store import Run, Unit
 
 
@@ -101,7 +100,6 @@ def test_run_folder_named_by_spec_hash_and_force_discards(tmp_path):
 
 
 def test_a_run_folder_made_under_other_defaults_is_not_reused(tmp_path):
-    import json
     spec = specs.from_mapping(LotterySpec, {"levels": 2})
     run = Run.open(tmp_path, spec)
     record = run.read("spec.json")

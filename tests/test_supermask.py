@@ -199,7 +199,7 @@ def test_cli_supermask_bad_input_exit_2_and_no_run_folder(python, cli_env, tmp_p
 # ------------------------------------------------------------------------------------------- science
 @pytest.mark.slow
 def test_mnist1d_learned_supermask_beats_logistic_regression(tmp_path):
-    """methods.md: logistic regression reaches 32% on MNIST-1D. A mask learned over frozen random weights
+    """Greydanus 2020: logistic regression reaches 32% on MNIST-1D. A mask learned over frozen random weights
     of the MNIST-1D MLP (100-100), 3 seeds, must reach at least that, with either method."""
     data_dir = str(Path(__file__).resolve().parents[1] / "data")
     common = dict(data_dir=data_dir, steps="3000it", eval_every="1000it", seeds=(0, 1, 2))

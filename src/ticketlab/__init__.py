@@ -16,11 +16,12 @@ __version__ = "0.1.0"
 
 def _run(experiment: str, spec, out: str, force: bool, progress: bool | None, settings: dict):
     from . import spec as specs
-    from .cli import EXPERIMENTS, _experiment
+    from .cli import EXPERIMENTS
 
-    module, spec_cls = _experiment(experiment)
-    base = spec if spec is not None else specs.build(spec_cls, {})
-    return module.run(specs.replace(base, **settings) if settings else base, out=out, force=force, progress=progress)
+    e = EXPERIMENTS[experiment]
+    base = spec if spec is not None else specs.build(e.spec_class(), {})
+    spec = specs.replace(base, **settings) if settings else base  # validated before torch is imported
+    return e.run_module().run(spec, out=out, force=force, progress=progress)
 
 
 def _api(experiment: str):

@@ -2,35 +2,27 @@
 
 Every setting of an experiment is a flag (from its spec declaration); `--config FILE.toml` takes the
 same settings from a file, and flags given as well override it. Bad input prints one line and exits 2.
+
+Start-up is kept free of torch: the subcommands are a table (`COMMANDS`), `ticketlab --help` lists it
+without importing anything, only the subcommand being parsed gets its flags (an experiment's flags come
+from its torch-free spec class in `ticketlab.specs`), and the experiment module, which imports torch, is
+imported only when the experiment actually runs. `show` reads run folders without torch too.
+
+Adding a subcommand: put a `Command(help, arguments, action)` into `COMMANDS`. `arguments(parser)` adds
+its flags (import what it needs inside: it is called only when that subcommand is parsed, or for
+`build_parser()`); `action(args)` does the work and returns the exit code (or None for 0); raise
+`UserError` for bad input. An experiment is one `experiment(...)` line.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
+import importlib
 import sys
-from pathlib import Path
+from typing import Callable, NamedTuple
 
 from . import __version__
-from . import spec as specs
 from .errors import UserError
-from .io import CorruptFile
-from .results import Results
-
-EXPERIMENTS = {
-    "lottery": ("ticketlab.experiments.lottery", "LotterySpec",
-                "iterative magnitude pruning with rewinding / fine-tuning / LR rewinding, and random controls"),
-    "deconstruct": ("ticketlab.experiments.deconstruct", "DeconstructSpec",
-                    "Zhou et al.'s grid: mask criteria x mask-1 actions (x mask-0 action) x seeds, and untrained supermasks"),
-    "supermask": ("ticketlab.experiments.supermask", "SupermaskSpec",
-                  "learned supermasks on frozen random weights: bernoulli (Zhou et al.) or edge-popup (Ramanujan et al.)"),
-    "lca": ("ticketlab.experiments.lca", "LCASpec",
-            "Loss Change Allocation: the loss change of every step split over parameters, neurons and layers"),
-    "stability": ("ticketlab.experiments.stability", "StabilitySpec",
-                  "linear mode connectivity: error barrier between two copies trained from step k, dense and tickets"),
-    "earlybird": ("ticketlab.experiments.earlybird", "EarlyBirdSpec",
-                  "early-bird tickets: BatchNorm-scale channel masks, FIFO mask-distance test, real channel pruning"),
-}
 
 
 class Parser(argparse.ArgumentParser):
@@ -38,37 +30,97 @@ class Parser(argparse.ArgumentParser):
         raise UserError(f"{self.prog}: {message}")
 
 
+class Command(NamedTuple):  # NamedTuple, not a dataclass: importing dataclasses costs ~20 ms
+    """One subcommand: its help line, how its flags are added, and what it does."""
+
+    help: str
+    arguments: Callable[[Parser], None]
+    action: Callable[[argparse.Namespace], int | None]
+    description: str | None = None  # of `ticketlab NAME --help` (default: the help line)
+
+
+class Experiment(NamedTuple):
+    """Where an experiment lives: its spec class (torch-free, `module:Class`) and its run module (torch)."""
+
+    name: str
+    spec: str
+    module: str
+    help: str
+
+    def spec_class(self) -> type:
+        module, _, cls = self.spec.partition(":")
+        return getattr(importlib.import_module(module), cls)
+
+    def run_module(self):
+        return importlib.import_module(self.module)
+
+
+EXPERIMENTS: dict[str, Experiment] = {e.name: e for e in (
+    Experiment("lottery", "ticketlab.specs.lottery:LotterySpec", "ticketlab.experiments.lottery",
+               "iterative magnitude pruning with rewinding / fine-tuning / LR rewinding, and random controls"),
+    Experiment("deconstruct", "ticketlab.specs.deconstruct:DeconstructSpec", "ticketlab.experiments.deconstruct",
+               "Zhou et al.'s grid: mask criteria x mask-1 actions (x mask-0 action) x seeds, and untrained supermasks"),
+    Experiment("supermask", "ticketlab.specs.supermask:SupermaskSpec", "ticketlab.experiments.supermask",
+               "learned supermasks on frozen random weights: bernoulli (Zhou et al.) or edge-popup (Ramanujan et al.)"),
+    Experiment("lca", "ticketlab.specs.lca:LCASpec", "ticketlab.experiments.lca",
+               "Loss Change Allocation: the loss change of every step split over parameters, neurons and layers"),
+    Experiment("stability", "ticketlab.specs.stability:StabilitySpec", "ticketlab.experiments.stability",
+               "linear mode connectivity: error barrier between two copies trained from step k, dense and tickets"),
+    Experiment("earlybird", "ticketlab.specs.earlybird:EarlyBirdSpec", "ticketlab.experiments.earlybird",
+               "early-bird tickets: BatchNorm-scale channel masks, FIFO mask-distance test, real channel pruning"),
+)}
+
+
 def _experiment(name: str):
-    import importlib
-    module_name, spec_name, _ = EXPERIMENTS[name]
-    module = importlib.import_module(module_name)
-    return module, getattr(module, spec_name)
+    """`(run module, spec class)` of an experiment; imports the run module, so torch."""
+    e = EXPERIMENTS[name]
+    return e.run_module(), e.spec_class()
 
 
-def build_parser() -> Parser:
-    parser = Parser(prog="ticketlab", allow_abbrev=False,
-                    description="Find, train and understand sparse subnetworks (lottery tickets). "
-                                "Runs go to --out/<experiment>-<hash>/ and resume when run again.")
-    parser.add_argument("--version", action="version", version=f"ticketlab {__version__}")
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=Parser)
-    for name, (_, _, help_text) in EXPERIMENTS.items():
-        _, spec_cls = _experiment(name)
-        p = sub.add_parser(name, help=help_text, description=help_text, allow_abbrev=False)
-        p.add_argument("--config", metavar="FILE.toml", help="read settings from a TOML file (flags override it)")
-        p.add_argument("--out", default="runs", metavar="DIR", help="parent folder of run folders (default: runs)")
-        p.add_argument("--force", action="store_true", help="discard an existing run folder of this spec and recompute")
-        p.add_argument("--no-progress", action="store_true", help="no progress bars")
-        specs.add_arguments(p, spec_cls)
-    show = sub.add_parser("show", help="print the results of a run folder again", allow_abbrev=False,
-                          description="Print the results of a run folder (results.csv, or the finished units of an unfinished run).")
-    show.add_argument("run_dir", metavar="RUN_DIR")
-    show.add_argument("--format", choices=("table", "csv", "json"), default="table",
-                      help="table (mean ± std per level and arm), csv or json (tidy rows) (default: table)")
-    return parser
+# ------------------------------------------------------------------------------------------ experiments
+def add_run_arguments(parser: Parser) -> None:
+    """The flags every experiment run takes besides its settings."""
+    parser.add_argument("--config", metavar="FILE.toml", help="read settings from a TOML file (flags override it)")
+    parser.add_argument("--out", default="runs", metavar="DIR", help="parent folder of run folders (default: runs)")
+    parser.add_argument("--force", action="store_true", help="discard an existing run folder of this spec and recompute")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+
+def experiment_command(e: Experiment) -> Command:
+    def arguments(parser: Parser) -> None:
+        from . import spec as specs
+
+        add_run_arguments(parser)
+        specs.add_arguments(parser, e.spec_class())
+
+    def action(args: argparse.Namespace) -> int:
+        from . import spec as specs
+
+        spec = specs.from_arguments(e.spec_class(), args, args.config)  # validated before torch is imported
+        e.run_module().run(spec, out=args.out, force=args.force, progress=False if args.no_progress else None)
+        return 0
+
+    return Command(e.help, arguments, action)
+
+
+# ------------------------------------------------------------------------------------------------- show
+SHOW_HELP = "print the results of a run folder again"
+
+
+def show_arguments(parser: Parser) -> None:
+    parser.add_argument("run_dir", metavar="RUN_DIR")
+    parser.add_argument("--format", choices=("table", "csv", "json"), default="table",
+                        help="table (mean ± std per level and arm), csv or json (tidy rows) (default: table)")
 
 
 def show(run_dir: str, fmt: str) -> None:
+    import json
+    from pathlib import Path
+
     from . import store
+    from .io import CorruptFile
+    from .report.tables import TABLES
+    from .results import Results
 
     run = store.open_existing(run_dir)
     try:
@@ -88,15 +140,16 @@ def show(run_dir: str, fmt: str) -> None:
     elif fmt == "json":
         print(json.dumps(rows, indent=2))
     else:
-        experiment = run.read("spec.json").get("experiment")
-        module = _experiment(experiment)[0] if experiment in EXPERIMENTS else None
-        print("\n".join(module.table(rows)) if hasattr(module, "table") else _aligned(rows))
+        table = TABLES.get(run.read("spec.json").get("experiment"))
+        print("\n".join(table(rows)) if table else _aligned(rows))
     if partial and fmt == "table":
         print("(unfinished run: finished units only)")
 
 
 def _aligned(rows: list[dict]) -> str:
     """Any tidy table as aligned text columns (numbers to 4 significant digits)."""
+    from .results import Results
+
     columns = Results(rows).columns
     cell = lambda v: f"{v:.4g}" if isinstance(v, float) else ("" if v is None else str(v))
     table = [columns] + [[cell(r.get(c)) for c in columns] for r in rows]
@@ -118,20 +171,105 @@ def _typed(row: dict) -> dict:
     return out
 
 
+# ------------------------------------------------------------------------------------------------ sweep
+SWEEP_HELP = "run one experiment over a grid of settings: every point a run folder, all units in one task graph"
+SWEEP_DESCRIPTION = (SWEEP_HELP + ". SWEEP.toml names `experiment`, its [base] settings and the axes: [grid] "
+                     "(every combination) and [zip] (lists of equal length, taken together); see examples/. Setting flags "
+                     "after the file (--seeds 0,1 --data-dir D --executor ray ...) override [base] for every point.")
+
+
+def sweep_arguments(parser: Parser) -> None:
+    parser.add_argument("file", metavar="SWEEP.toml")
+    parser.add_argument("settings", nargs=argparse.REMAINDER, metavar="--SETTING VALUE",
+                        help="the experiment's setting flags, and --out DIR (default: runs), --force, --no-progress")
+
+
+def sweep_overrides(words: list[str], spec_cls) -> tuple[dict, dict]:
+    """(runner options, {setting: text}) from the words after the sweep file."""
+    from . import spec as specs
+
+    by_flag = {s.flag: s.name for s in specs.settings_of(spec_cls)}
+    options, settings, i = {"out": "runs", "force": False, "no_progress": False}, {}, 0
+    while i < len(words):
+        word = words[i]
+        flag, eq, value = word.partition("=")
+        if flag in ("--force", "--no-progress") and not eq:
+            options[flag[2:].replace("-", "_")] = True
+            i += 1
+            continue
+        if not flag.startswith("--") or (flag != "--out" and flag not in by_flag):
+            raise UserError(f"sweep: unknown option {word!r}; valid: --out, --force, --no-progress, {', '.join(sorted(by_flag))}")
+        if not eq:
+            if i + 1 >= len(words):
+                raise UserError(f"sweep: {flag} needs a value")
+            value, i = words[i + 1], i + 1
+        i += 1
+        if flag == "--out":
+            options["out"] = value
+        else:
+            settings[by_flag[flag]] = value
+    return options, settings
+
+
+def sweep_action(args: argparse.Namespace) -> int:
+    from .run import sweep as sweeps
+
+    doc_experiment = sweeps.read_file(args.file).get("experiment")
+    if doc_experiment not in EXPERIMENTS:
+        raise UserError(f"{args.file}: experiment = {doc_experiment!r} is not an experiment; valid: {', '.join(sorted(EXPERIMENTS))}")
+    options, settings = sweep_overrides(args.settings, EXPERIMENTS[doc_experiment].spec_class())
+    sweep = sweeps.load(args.file, {doc_experiment: EXPERIMENTS[doc_experiment].spec_class()}, settings)
+    results, folder = sweeps.run(sweep, out=options["out"], force=options["force"],
+                                 progress=False if options["no_progress"] else None)
+    print(f"sweep folder: {folder} ({len(sweep.points)} points, {len(results)} rows)")
+    return 0
+
+
+# --------------------------------------------------------------------------------------------- the table
+COMMANDS: dict[str, Command] = {
+    **{name: experiment_command(e) for name, e in EXPERIMENTS.items()},
+    "sweep": Command(SWEEP_HELP, sweep_arguments, sweep_action, SWEEP_DESCRIPTION),
+    "show": Command(SHOW_HELP, show_arguments, lambda args: show(args.run_dir, args.format),
+                    "Print the results of a run folder (results.csv, or the finished units of an unfinished run)."),
+}
+
+
+# ------------------------------------------------------------------------------------------------ parser
+def build_parser(commands=None) -> Parser:
+    """The parser; only the subcommands in `commands` get their flags (None: all of them). Every
+    subcommand is listed in `ticketlab --help` either way."""
+    parser = Parser(prog="ticketlab", allow_abbrev=False,
+                    description="Find, train and understand sparse subnetworks (lottery tickets). "
+                                "Runs go to --out/<experiment>-<hash>/ and resume when run again.")
+    parser.add_argument("--version", action="version", version=f"ticketlab {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=Parser)
+    for name, command in COMMANDS.items():
+        p = sub.add_parser(name, help=command.help, description=command.description or command.help, allow_abbrev=False)
+        if commands is None or name in commands:
+            command.arguments(p)
+    return parser
+
+
+def _command_in(argv: list[str]) -> str | None:
+    """The subcommand named on a command line: its first word that is not an option (the top-level
+    options take no values)."""
+    for word in argv:
+        if word == "--":
+            return None
+        if not word.startswith("-"):
+            return word
+    return None
+
+
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
     try:
-        parser = build_parser()
+        parser = build_parser(commands={_command_in(argv)})
         args = parser.parse_args(argv)
         if args.command is None:
             parser.print_help()
             return 2
-        if args.command == "show":
-            show(args.run_dir, args.format)
-            return 0
-        module, spec_cls = _experiment(args.command)
-        spec = specs.from_arguments(spec_cls, args, args.config)
-        module.run(spec, out=args.out, force=args.force, progress=False if args.no_progress else None)
-        return 0
+        return COMMANDS[args.command].action(args) or 0
     except UserError as e:
         print(f"ticketlab: error: {e}", file=sys.stderr)
         return 2

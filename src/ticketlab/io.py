@@ -12,11 +12,15 @@ import json
 import os
 import tempfile
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import torch
 from safetensors import SafetensorError
-from safetensors.torch import load as _st_load
-from safetensors.torch import save as _st_save
+
+if TYPE_CHECKING:
+    import torch
+
+# torch (through safetensors.torch) is imported inside the tensor helpers only: reading JSON/CSV files of a
+# run folder (`ticketlab show`) must not pay for importing torch.
 
 
 class CorruptFile(Exception):
@@ -51,11 +55,15 @@ def to_json(obj) -> str:
 
 def tensors_to_bytes(tensors: dict[str, torch.Tensor], metadata: dict[str, str] | None = None) -> bytes:
     """Serialise a flat dict of tensors as safetensors (contiguous CPU copies; no pickle)."""
+    from safetensors.torch import save as _st_save
+
     flat = {k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}
     return _st_save(flat, metadata=metadata)
 
 
 def tensors_from_bytes(data: bytes, what: str = "tensor file") -> dict[str, torch.Tensor]:
+    from safetensors.torch import load as _st_load
+
     try:
         loaded = _st_load(data)
         # safetensors returns keys in no fixed order; consumers that draw random numbers per key need one

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
-from . import steps
+from . import names, steps
 from .errors import UserError, unknown_name
 
 
@@ -369,24 +369,21 @@ def from_arguments(spec_cls, namespace: argparse.Namespace, config: str | None =
 
 
 # ------------------------------------------------------------------------------ groups shared by experiments
+# The registries' names come from `names` (torch-free), so parsing and validating a spec never loads torch.
 def _datasets():
-    from .data import DATASETS
-    return DATASETS
+    return names.DATASETS
 
 
 def _models():
-    from .models import MODELS
-    return MODELS
+    return names.MODELS
 
 
 def _inits():
-    from .models import INITS
-    return INITS
+    return names.INITS
 
 
 def _criteria():
-    from .sparse.criteria import CRITERIA
-    return CRITERIA
+    return names.CRITERIA
 
 
 OPTIMIZERS = ("sgd", "adam")

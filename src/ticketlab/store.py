@@ -16,14 +16,15 @@ import json
 import os
 import shutil
 from pathlib import Path
-from typing import Any
-
-import torch
+from typing import TYPE_CHECKING, Any
 
 from . import spec as specs
 from .errors import UserError
 from .io import (CorruptFile, atomic_write_bytes, sha256_bytes, sha256_file, tensors_from_bytes,
                  tensors_to_bytes, to_json)
+
+if TYPE_CHECKING:  # torch only in annotations: `ticketlab show` reads run folders without importing it
+    import torch
 
 MANIFEST = "MANIFEST.json"
 FORMAT = 1
@@ -102,9 +103,15 @@ class Unit:
         return True
 
     def commit(self, files: dict[str, Any], *, clear: bool = True) -> None:
-        """Write all files (atomically, one by one), then the manifest that marks the unit complete."""
-        if clear and self.path.exists():
-            shutil.rmtree(self.path)
+        """Write all files (atomically, one by one), then the manifest that marks the unit complete.
+
+        `clear`: first remove the top-level files an earlier attempt left (its manifest included), and the
+        `checkpoint/` folder once the manifest is written. Other sub-folders are kept: files a unit streams
+        while it trains (LCA's `parameters/`) and units nested below this one."""
+        if clear and self.path.is_dir():
+            for old in self.path.iterdir():
+                if old.name not in files and not old.is_dir():
+                    old.unlink(missing_ok=True)
         entries = {}
         for name, payload in files.items():
             data = encode(name, payload)
@@ -112,6 +119,8 @@ class Unit:
             entries[name] = {"size": len(data), "sha256": sha256_bytes(data)}
         atomic_write_bytes(self.path / MANIFEST, to_json({"format": FORMAT, "complete": True, "files": entries}).encode())
         self._verified = True
+        if clear:
+            self.clear_checkpoint()
 
     def write(self, name: str, payload: Any) -> None:
         """Add or replace one file of an open-ended unit (the run's summary files)."""

@@ -44,9 +44,9 @@ class Setup:
 
     @classmethod
     def prepare(cls, spec) -> "Setup":
-        d, m, t = spec.data, spec.model, spec.train
+        d, t = spec.data, spec.train
         # One thread per process unless asked: cores are used by worker processes instead (faster for
-        # these models, design.md), and the numbers then do not depend on --workers (matmuls split over
+        # these models), and the numbers then do not depend on --workers (matmuls split over
         # threads round differently).
         torch.set_num_threads(t.threads or 1)
         device = resolve_device(t.device)

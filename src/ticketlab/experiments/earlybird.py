@@ -14,16 +14,14 @@ for the whole training length from those weights. Cost, against full training of
 pruning + the same retraining: FLOPs (3 x forward FLOPs per sample x samples) and wall time (the search's
 measured seconds per step scaled to the full length).
 
-Units: `seed-<s>/search` (checkpointed; the masks travel in the checkpoints), `seed-<s>/p-<p>` (a retrained
-ticket), `seed-<s>/epoch-<e>` (tickets drawn at every epoch, with `--eb-every-epoch`).
+Units (`EarlyBirdTickets`): `seed-<s>/search` (checkpointed; the masks travel in the checkpoints), then,
+from the search's stored masks and weights, `seed-<s>/p-<p>` (a retrained ticket) and `seed-<s>/epoch-<e>`
+(tickets drawn at every epoch, with `--eb-every-epoch`). Seeds are independent tasks.
 """
 
 from __future__ import annotations
 
 import statistics
-import time
-from dataclasses import dataclass, field
-from typing import ClassVar
 
 import torch
 from torch import nn
@@ -32,39 +30,17 @@ from .. import models
 from ..errors import UserError
 from ..instruments import channel_prune
 from ..instruments.mask_distance import EarlyBird, bn_layers, distance_matrix, global_mask, scores
-from ..io import CorruptFile
 from ..report import plots
-from ..report.progress import Bars
 from ..results import Results
 from ..sparse import Mask
-from ..spec import Bool, DataSpec, Float, Int, ListOf, ModelSpec, TrainSpec, setting
-from ..store import Run, Unit
-from ..train import fit
+from ..store import Unit
 from ..train.fit import Checkpoints
+from ..train.jobs import Job
+from ..run import Experiment, Report, Work, runner
 from .common import Setup
 
 
-@dataclass(frozen=True)
-class EarlyBirdOptions:
-    """The early-bird search and the tickets it yields."""
-
-    prune_ratios: tuple = setting((0.3, 0.5, 0.7), "fractions p of channels (or weights, without BatchNorm) pruned; several at once",
-                                  ListOf(Float(0, 1, low_open=True, high_open=True), unique=True))
-    bn_penalty: float = setting(1e-4, "L1 penalty s on the BatchNorm scales during the search (0: none)", Float(0))
-    eb_epsilon: float = setting(0.1, "early bird when the newest mask is within this Hamming distance of each older one", Float(0, 1, low_open=True))
-    eb_window: int = setting(5, "masks in the FIFO (the newest and window - 1 older ones)", Int(2))
-    eb_full_matrix: bool = setting(False, "keep training the dense network to the end, recording every epoch's mask", Bool())
-    eb_every_epoch: bool = setting(False, "also retrain the tickets drawn at every epoch (first ratio), for the accuracy-by-epoch plot", Bool())
-    seeds: tuple = setting((0,), "replicates, e.g. 0,1,2 (each seed is kept in its own folder)", ListOf(Int(0), unique=True), hashed=False)
-
-
-@dataclass(frozen=True)
-class EarlyBirdSpec:
-    experiment: ClassVar[str] = "earlybird"
-    data: DataSpec = field(default_factory=DataSpec)
-    model: ModelSpec = field(default_factory=ModelSpec)
-    train: TrainSpec = field(default_factory=TrainSpec)
-    earlybird: EarlyBirdOptions = field(default_factory=EarlyBirdOptions)
+from ..specs.earlybird import EarlyBirdOptions, EarlyBirdSpec  # noqa: F401 (torch-free, for the CLI)
 
 
 # ------------------------------------------------------------------------------------------------ search
@@ -154,102 +130,162 @@ def draw_ticket(setup: Setup, weights: dict, keep: torch.Tensor) -> tuple[nn.Mod
     return model, mask, {"weights_remaining": mask.density()}
 
 
-def retrain(spec: EarlyBirdSpec, setup: Setup, unit: Unit, seed: int, weights: dict, keep: torch.Tensor, extra: dict) -> dict:
-    if unit.is_done():
-        try:
-            return unit.read("result.json")
-        except CorruptFile:
-            pass
-    model, mask, info = draw_ticket(setup, weights, keep)
-    began = time.perf_counter()
-    fitted = fit(model, setup.data, spec.train, seed=seed, start=0, end=setup.total_steps, schedule=setup.schedule,
-                 mask=mask, checkpoints=Checkpoints(unit, setup.step(spec.train.checkpoint_every)))
-    seconds = time.perf_counter() - began
-    result = {**extra, **info, **fitted.summary(), "parameters": sum(p.numel() for p in model.parameters()) - (mask.total() - mask.kept() if mask else 0),
-              "forward_flops": channel_prune.forward_flops(model, setup.data.input_shape), "retrain_seconds": round(seconds, 3)}
-    unit.commit({"final.safetensors": {k: v.detach().cpu() for k, v in model.state_dict().items()},
-                 "metrics.jsonl": fitted.metrics, "result.json": result})
-    unit.clear_checkpoint()
-    return result
-
-
-def search(spec: EarlyBirdSpec, setup: Setup, run_folder: Run, seed: int, bars: Bars) -> tuple[dict, Search]:
-    o = spec.earlybird
-    unit = run_folder.unit(f"seed-{seed}", "search")
-    model = setup.build_model(seed)
-    cb = Search(model, o.prune_ratios, setup.iterations_per_epoch, penalty=o.bn_penalty, epsilon=o.eb_epsilon,
-                window=o.eb_window, full=o.eb_full_matrix)
-    if unit.is_done():
-        try:
-            cb.load_state_dict(unit.read("search.safetensors"))
-            return unit.read("result.json"), cb
-        except CorruptFile:
-            pass
-    task = bars.add(f"seed {seed} early-bird search", setup.total_steps)
-    began = time.perf_counter()
-    fitted = fit(model, setup.data, spec.train, seed=seed, start=0, end=setup.total_steps, schedule=setup.schedule,
-                 checkpoints=Checkpoints(unit, setup.step(spec.train.checkpoint_every)), callbacks=cb,
-                 progress=lambda n: bars.set(task, n))
-    bars.progress.remove_task(task)
-    result = {"search_steps": fitted.steps, "search_seconds": round(time.perf_counter() - began, 3),
-              "epochs_recorded": len(cb.masks[o.prune_ratios[0]]), "dense_accuracy": fitted.final_accuracy,
-              "dense_forward_flops": channel_prune.forward_flops(model, setup.data.input_shape),
-              "found": {str(r): cb.found[r] for r in o.prune_ratios}, "stopped_early": fitted.steps < setup.total_steps}
-    unit.commit({"search.safetensors": cb.state_dict(), "metrics.jsonl": fitted.metrics, "result.json": result})
-    unit.clear_checkpoint()
-    return result, cb
-
-
-# ------------------------------------------------------------------------------------------------- run
+# ----------------------------------------------------------------------------------------------- units
 COLUMNS = ("seed", "prune_ratio", "eb_found", "eb_epoch", "channels_remaining", "weights_remaining", "parameters",
            "forward_flops", "test_accuracy", "search_steps", "flops_vs_full", "time_vs_full", "retrain_seconds")
 
 
-def run(spec: EarlyBirdSpec, *, out: str = "runs", force: bool = False, progress: bool | None = None) -> Results:
-    setup = Setup.prepare(spec)
-    probe = setup.new_model_like()
-    if bn_layers(probe) and not isinstance(probe, tuple(channel_prune_classes())):
-        raise UserError(f"--model {spec.model.model}: real channel pruning supports {', '.join(channel_prune.SUPPORTED)} "
-                        f"among networks with BatchNorm (networks without BatchNorm use magnitude masks)")
-    if setup.total_steps < setup.iterations_per_epoch * spec.earlybird.eb_window:
-        raise UserError(f"--steps {spec.train.steps}: the search needs at least --eb-window {spec.earlybird.eb_window} epochs "
-                        f"({setup.iterations_per_epoch * spec.earlybird.eb_window} iterations)")
-    run_folder = Run.open(out, spec, force=force)
-    rows, by_epoch, searches = [], [], {}
-    T, batch = setup.total_steps, spec.train.batch_size
-    with Bars(progress) as bars:
-        bars.print(f"run folder: {run_folder.path}")
-        for seed in spec.earlybird.seeds:
-            info, cb = search(spec, setup, run_folder, seed, bars)
-            searches[seed] = (info, cb)
-            dense_flops, last = info["dense_forward_flops"], info["epochs_recorded"]
-            per_step = info["search_seconds"] / max(info["search_steps"], 1)
-            for r in spec.earlybird.prune_ratios:
-                epoch = cb.found[r]
-                use = epoch if epoch is not None else last
-                unit = run_folder.unit(f"seed-{seed}", f"p-{r:g}")
-                res = retrain(spec, setup, unit, seed, cb.weights[use], cb.masks[r][use - 1],
-                              {"seed": seed, "prune_ratio": r, "eb_found": epoch is not None, "eb_epoch": use})
-                search_steps = use * setup.iterations_per_epoch
-                eb_flops = 3 * batch * (search_steps * dense_flops + T * res["forward_flops"])
-                full_flops = 3 * batch * (T * dense_flops + T * res["forward_flops"])
-                eb_time = per_step * search_steps + res["retrain_seconds"]
-                full_time = per_step * T + res["retrain_seconds"]
-                rows.append({**res, "search_steps": search_steps, "flops_vs_full": eb_flops / full_flops,
-                             "time_vs_full": eb_time / full_time})
-                bars.print(f"seed {seed} p={r:g}: early bird at epoch {use}{'' if epoch is not None else ' (not found: last epoch)'}, "
-                           f"retrained {100 * res['test_accuracy']:.2f}%, training FLOPs {rows[-1]['flops_vs_full']:.2f}x "
-                           f"and time {rows[-1]['time_vs_full']:.2f}x of full training + pruning")
-            if spec.earlybird.eb_every_epoch:
-                r = spec.earlybird.prune_ratios[0]
-                for epoch in range(1, last + 1):
-                    unit = run_folder.unit(f"seed-{seed}", f"epoch-{epoch:03d}")
-                    res = retrain(spec, setup, unit, seed, cb.weights[epoch], cb.masks[r][epoch - 1],
-                                  {"seed": seed, "prune_ratio": r, "epoch": epoch})
-                    by_epoch.append(res)
-    results = Results([{k: r.get(k) for k in COLUMNS} for r in rows])
-    write_outputs(run_folder, spec, results, searches, by_epoch)
-    return results
+class EarlyBirdTickets(Experiment):
+    """Per seed: the search (`("search", s)`, one training of the dense network with the `Search` callback),
+    then, from its stored masks and weights, one retrained ticket per ratio (`("p", s, p)`) and, with
+    `--eb-every-epoch`, one per epoch (`("epoch", s, e)`, first ratio). Seeds are independent of each other;
+    the tickets of a seed train side by side once its search is done. The epochs a search will record are
+    known only once it ran: every epoch up to T has a unit, and one past the search's last epoch stores
+    only that it drew no ticket."""
+
+    name = "earlybird"
+    metrics = ("test_accuracy", "flops_vs_full")
+
+    def __init__(self, spec: EarlyBirdSpec, setup: Setup):
+        super().__init__(spec, setup)
+        probe = setup.new_model_like()
+        if bn_layers(probe) and not isinstance(probe, tuple(channel_prune_classes())):
+            raise UserError(f"--model {spec.model.model}: real channel pruning supports {', '.join(channel_prune.SUPPORTED)} "
+                            f"among networks with BatchNorm (networks without BatchNorm use magnitude masks)")
+        if setup.total_steps < setup.iterations_per_epoch * spec.earlybird.eb_window:
+            raise UserError(f"--steps {spec.train.steps}: the search needs at least --eb-window {spec.earlybird.eb_window} epochs "
+                            f"({setup.iterations_per_epoch * spec.earlybird.eb_window} iterations)")
+        self.channels = bool(bn_layers(probe))   # tickets are smaller networks, each of its own shape
+        self.epochs = setup.total_steps // setup.iterations_per_epoch
+        self._searches: dict[int, Search] = {}
+        self._drawn: dict = {}   # key -> what prepare knew of a ticket (epoch, kept channels), for finish
+
+    def new_search(self, model: nn.Module) -> Search:
+        o = self.spec.earlybird
+        return Search(model, o.prune_ratios, self.setup.iterations_per_epoch, penalty=o.bn_penalty,
+                      epsilon=o.eb_epsilon, window=o.eb_window, full=o.eb_full_matrix)
+
+    def search_of(self, seed: int) -> Search:
+        """A seed's finished search (masks, early birds, weights of every epoch), read back from its unit."""
+        if seed not in self._searches:
+            cb = self.new_search(self.setup.new_model_like())
+            cb.load_state_dict(self.unit_of(("search", seed)).read("search.safetensors"))
+            self._searches[seed] = cb
+        return self._searches[seed]
+
+    # ------------------------------------------------------------------------------------------ units
+    def units(self) -> list[Work]:
+        o, T = self.spec.earlybird, self.setup.total_steps
+        group = None if self.channels else (0, T)
+        out = []
+        for seed in o.seeds:
+            search = ("search", seed)
+            out.append(Work(search, (), None, T, f"seed {seed} early-bird search"))
+            out += [Work(("p", seed, r), (search,), group, T, f"seed {seed} p={r:g}") for r in o.prune_ratios]
+            if o.eb_every_epoch:
+                out += [Work(("epoch", seed, e), (search,), group, T, f"seed {seed} epoch {e}") for e in range(1, self.epochs + 1)]
+        return out
+
+    def unit_of(self, key) -> Unit:
+        kind, seed, *rest = key
+        name = "search" if kind == "search" else f"p-{rest[0]:g}" if kind == "p" else f"epoch-{rest[0]:03d}"
+        return self.run.unit(f"seed-{seed}", name)
+
+    def prepare(self, key):
+        kind, seed, *rest = key
+        setup = self.setup
+        checkpoints = Checkpoints(self.unit_of(key), setup.step(self.spec.train.checkpoint_every))
+        if kind == "search":
+            model = setup.build_model(seed)
+            return Job(key, model, seed, 0, setup.total_steps, setup.schedule, None, checkpoints,
+                       callbacks=[self.new_search(model)])
+        cb = self.search_of(seed)
+        last = len(cb.masks[self.spec.earlybird.prune_ratios[0]])
+        if kind == "p":
+            r = rest[0]
+            epoch = cb.found[r]
+            use = epoch if epoch is not None else last
+            extra = {"seed": seed, "prune_ratio": r, "eb_found": epoch is not None, "eb_epoch": use}
+        else:
+            r, use = self.spec.earlybird.prune_ratios[0], rest[0]
+            if use > last:
+                return {"result.json": {"seed": seed, "prune_ratio": r, "epoch": use, "drawn": False}}
+            extra = {"seed": seed, "prune_ratio": r, "epoch": use}
+        model, mask, info = draw_ticket(setup, cb.weights[use], cb.masks[r][use - 1])
+        self._drawn[key] = {**extra, **info}
+        return Job(key, model, seed, 0, setup.total_steps, setup.schedule, mask, checkpoints)
+
+    def finish(self, key, job: Job, fitted, seconds: float) -> dict:
+        model, mask = job.model, job.mask
+        if key[0] == "search":
+            (cb,) = job.callbacks
+            o = self.spec.earlybird
+            result = {"search_steps": fitted.steps, "search_seconds": round(seconds, 3),
+                      "epochs_recorded": len(cb.masks[o.prune_ratios[0]]), "dense_accuracy": fitted.final_accuracy,
+                      "dense_forward_flops": channel_prune.forward_flops(model, self.setup.data.input_shape),
+                      "found": {str(r): cb.found[r] for r in o.prune_ratios},
+                      "stopped_early": fitted.steps < self.setup.total_steps}
+            return {"search.safetensors": cb.state_dict(), "metrics.jsonl": fitted.metrics, "result.json": result}
+        result = {**self._drawn.pop(key), **fitted.summary(),
+                  "parameters": sum(p.numel() for p in model.parameters()) - (mask.total() - mask.kept() if mask else 0),
+                  "forward_flops": channel_prune.forward_flops(model, self.setup.data.input_shape),
+                  "retrain_seconds": round(seconds, 3)}
+        final = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+        return {"final.safetensors": final, "metrics.jsonl": fitted.metrics, "result.json": result}
+
+    # ----------------------------------------------------------------------------------------- report
+    def row(self, seed: int, r: float, done: dict) -> dict:
+        """A ticket's row: its result and its cost against full training + pruning + the same retraining."""
+        info, res = done[("search", seed)], done[("p", seed, r)]
+        T, batch = self.setup.total_steps, self.spec.train.batch_size
+        dense_flops, per_step = info["dense_forward_flops"], info["search_seconds"] / max(info["search_steps"], 1)
+        search_steps = res["eb_epoch"] * self.setup.iterations_per_epoch
+        eb_flops = 3 * batch * (search_steps * dense_flops + T * res["forward_flops"])
+        full_flops = 3 * batch * (T * dense_flops + T * res["forward_flops"])
+        eb_time = per_step * search_steps + res["retrain_seconds"]
+        full_time = per_step * T + res["retrain_seconds"]
+        return {**res, "search_steps": search_steps, "flops_vs_full": eb_flops / full_flops, "time_vs_full": eb_time / full_time}
+
+    def progress_lines(self, key, result: dict, done: dict) -> list[str]:
+        if key[0] != "p":
+            return []
+        _, seed, r = key
+        row = self.row(seed, r, done)
+        return [f"seed {seed} p={r:g}: early bird at epoch {row['eb_epoch']}{'' if row['eb_found'] else ' (not found: last epoch)'}, "
+                f"retrained {100 * row['test_accuracy']:.2f}%, training FLOPs {row['flops_vs_full']:.2f}x "
+                f"and time {row['time_vs_full']:.2f}x of full training + pruning"]
+
+    def report(self, results: dict) -> Report:
+        spec, o = self.spec, self.spec.earlybird
+        seeds, ratios = list(o.seeds), o.prune_ratios
+        table = Results([{k: row.get(k) for k in COLUMNS} for s in seeds for row in (self.row(s, r, results) for r in ratios)])
+        by_epoch = [results[("epoch", s, e)] for s in seeds for e in range(1, self.epochs + 1)
+                    if o.eb_every_epoch and results[("epoch", s, e)].get("drawn", True)]
+        searches = {s: results[("search", s)] for s in seeds}
+        first = seeds[0]
+        cb = self.search_of(first)
+        matrices = {f"p={r:g}": distance_matrix(cb.masks[r]).tolist() for r in ratios}
+        summary = {"experiment": spec.experiment, "seeds": seeds,
+                   "eb_epoch_by_ratio": {str(r): [searches[s]["found"][str(r)] for s in seeds] for r in ratios},
+                   "test_accuracy_by_ratio": {str(r): statistics.fmean(x["test_accuracy"] for x in table.where(prune_ratio=r))
+                                              for r in ratios},
+                   "flops_vs_full_by_ratio": {str(r): statistics.fmean(x["flops_vs_full"] for x in table.where(prune_ratio=r))
+                                              for r in ratios},
+                   "search": {str(s): searches[s] for s in seeds},
+                   "mask_distance": {f"{r:g}": matrices[f"p={r:g}"] for r in ratios}}
+        title = f"{spec.model.model} on {spec.data.dataset}"
+        files = {"mask_distance.png": plots.mask_distance_matrix(
+            matrices, f"{title}: mask distance between epochs (seed {first})", {f"p={r:g}": cb.found[r] for r in ratios})}
+        if by_epoch:
+            files["tickets_by_epoch.csv"] = by_epoch
+            series = {}
+            for s in seeds:
+                rows = sorted((r for r in by_epoch if r["seed"] == s), key=lambda r: r["epoch"])
+                series[f"seed {s}, p={ratios[0]:g}"] = ([r["epoch"] for r in rows], [r["test_accuracy"] for r in rows])
+            info = searches[first]
+            files["tickets_by_epoch.png"] = plots.ticket_accuracy_by_epoch(
+                series, f"{title}: tickets drawn at each epoch", info["dense_accuracy"] if info["stopped_early"] is False else None)
+        return Report(table.rows, summary, files)
 
 
 def channel_prune_classes():
@@ -258,30 +294,10 @@ def channel_prune_classes():
     return [MNIST1DCNNBN, VGG]
 
 
-def write_outputs(run_folder: Run, spec: EarlyBirdSpec, results: Results, searches: dict, by_epoch: list[dict]) -> None:
-    ratios = spec.earlybird.prune_ratios
-    first = next(iter(searches))
-    info, cb = searches[first]
-    matrices = {f"p={r:g}": distance_matrix(cb.masks[r]).tolist() for r in ratios}
-    summary = {"experiment": spec.experiment, "seeds": list(searches),
-               "eb_epoch_by_ratio": {str(r): [searches[s][1].found[r] for s in searches] for r in ratios},
-               "test_accuracy_by_ratio": {str(r): statistics.fmean(x["test_accuracy"] for x in results.where(prune_ratio=r))
-                                          for r in ratios},
-               "flops_vs_full_by_ratio": {str(r): statistics.fmean(x["flops_vs_full"] for x in results.where(prune_ratio=r))
-                                          for r in ratios},
-               "search": {str(s): searches[s][0] for s in searches},
-               "mask_distance": {f"{r:g}": matrices[f"p={r:g}"] for r in ratios}}
-    run_folder.write("results.csv", results.rows)
-    run_folder.write("results.json", results.rows)
-    run_folder.write("summary.json", summary)
-    title = f"{spec.model.model} on {spec.data.dataset}"
-    run_folder.write("mask_distance.png", plots.mask_distance_matrix(
-        matrices, f"{title}: mask distance between epochs (seed {first})", {f"p={r:g}": cb.found[r] for r in ratios}))
-    if by_epoch:
-        run_folder.write("tickets_by_epoch.csv", by_epoch)
-        series = {}
-        for s in searches:
-            rows = sorted((r for r in by_epoch if r["seed"] == s), key=lambda r: r["epoch"])
-            series[f"seed {s}, p={ratios[0]:g}"] = ([r["epoch"] for r in rows], [r["test_accuracy"] for r in rows])
-        run_folder.write("tickets_by_epoch.png", plots.ticket_accuracy_by_epoch(
-            series, f"{title}: tickets drawn at each epoch", info["dense_accuracy"] if info["stopped_early"] is False else None))
+# ------------------------------------------------------------------------------------------------- run
+def run(spec: EarlyBirdSpec, *, out: str = "runs", force: bool = False, progress: bool | None = None) -> Results:
+    """Run (or resume) the early-bird experiment; returns one row per seed and pruning ratio."""
+    return runner.run(EarlyBirdTickets, spec, out=out, force=force, progress=progress)
+
+
+EXPERIMENT = EarlyBirdTickets   # what a sweep of this experiment runs

@@ -17,7 +17,7 @@ from torch import nn
 from ..errors import UserError
 from ..models.conv_bn import MNIST1DCNNBN
 from ..models.vgg import VGG, ConvModule
-from .mask_distance import bn_layers
+from ..sparse.structure import bn_layers
 
 SUPPORTED = ("mnist1d_cnn_bn", "vgg11_bn", "vgg13_bn", "vgg16_bn", "vgg19_bn")
 

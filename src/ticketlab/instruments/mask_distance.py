@@ -2,7 +2,8 @@
 
 A mask here is one flat bool vector (True = kept) over every BatchNorm channel of the network (channel
 masks from |gamma| with one global threshold), or over every prunable weight for networks without
-BatchNorm (unstructured global magnitude masks). Consecutive masks are compared by the normalised
+BatchNorm (unstructured global magnitude masks); both sparsity types and the count of a ratio live in
+`ticketlab.sparse` (`structure.py`, `count.py`). Consecutive masks are compared by the normalised
 Hamming distance; an early bird is declared when the newest of the last `window` (5) masks is within
 `epsilon` (0.1) of each of the `window - 1` older ones.
 """
@@ -14,34 +15,16 @@ from collections import deque
 import torch
 from torch import nn
 
-from .. import models
+from ..sparse.structure import bn_layers, channel_scores, global_mask, weight_scores
 
-
-def bn_layers(model: nn.Module) -> list[str]:
-    """Module names of the affine BatchNorm layers, in module order."""
-    return [n for n, m in model.named_modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.affine]
+__all__ = ["EarlyBird", "bn_layers", "distance_matrix", "global_mask", "hamming", "scores"]
 
 
 def scores(model: nn.Module) -> torch.Tensor:
     """The quantity masks are cut from: |gamma| of every BatchNorm channel, or (no BatchNorm) |w| of every
-    prunable weight, as one flat float vector."""
-    modules = dict(model.named_modules())
-    bns = bn_layers(model)
-    if bns:
-        return torch.cat([modules[n].weight.detach().abs().reshape(-1).cpu() for n in bns])
-    params = dict(model.named_parameters())
-    return torch.cat([params[n].detach().abs().reshape(-1).cpu() for n in models.prunable_names(model)])
-
-
-def global_mask(values: torch.Tensor, ratio: float) -> torch.Tensor:
-    """Keep all but the `round(ratio * n)` smallest values (ties broken by position, so exactly that many go)."""
-    n = values.numel()
-    pruned = int(round(ratio * n))
-    keep = torch.ones(n, dtype=torch.bool)
-    if pruned:
-        order = torch.sort(values.double(), stable=True).indices
-        keep[order[:pruned]] = False
-    return keep
+    prunable weight, as one flat float vector. `global_mask(scores(model), ratio)` is the mask of a ratio:
+    it prunes `sparse.count.pruned_count(n, ratio)` entries, the count every pruner in ticketlab uses."""
+    return channel_scores(model) if bn_layers(model) else weight_scores(model)
 
 
 def hamming(a: torch.Tensor, b: torch.Tensor) -> float:

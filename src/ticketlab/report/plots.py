@@ -163,3 +163,19 @@ def ticket_accuracy_by_epoch(series: dict[str, tuple[list[int], list[float]]], t
     if dense is not None:
         ax.axhline(100 * dense, color="gray", ls="--", lw=1, label=f"dense ({100 * dense:.1f}%)")
     return _finish(fig, ax, "epoch the ticket is drawn at", "test accuracy after retraining (%)", title, legend=8)
+
+
+def sweep_curves(series: dict[str, dict], x: str, metric: str, title: str, log_x: bool = False) -> bytes:
+    """One curve per label: {label: {x: [values over seeds]}}, mean with std error bars."""
+    import statistics
+    fig, ax = plt.subplots(figsize=(6.4, 4.2))
+    for label, points in series.items():
+        xs = sorted(points, key=float, reverse=log_x)
+        means = [statistics.fmean(points[v]) for v in xs]
+        stds = [statistics.stdev(points[v]) if len(points[v]) > 1 else 0.0 for v in xs]
+        ax.errorbar([float(v) * (100 if log_x else 1) for v in xs], means, yerr=stds, marker="o", ms=3, capsize=2, label=label)
+    if log_x:
+        ax.set_xscale("log")
+        ax.invert_xaxis()
+    return _finish(fig, ax, "% weights remaining" if log_x else x, metric.replace("_", " "), title,
+                   legend=7 if len(series) > 1 else None)

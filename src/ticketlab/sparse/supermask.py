@@ -4,8 +4,9 @@ bernoulli   Zhou et al. 2019, Section 5: a real score m per weight, mask ~ Berno
             straight-through estimator  mask = b + sigmoid(m) - stopgrad(sigmoid(m)),  b ~ Bernoulli(sigmoid(m));
             the mask is sampled at test time too. Dynamic weight rescaling (DWR) multiplies each layer's
             weights by numel / sum(mask).
-edge-popup  Ramanujan et al. 2020: a score per weight, mask = top-k |score| of each layer (k = round(kept *
-            numel)), straight-through (the gradient of the mask passes to the score unchanged).
+edge-popup  Ramanujan et al. 2020: a score per weight, mask = top-k |score| of each layer (k =
+            `count.kept_count(numel, kept)`, the one count rule), straight-through (the gradient of the mask
+            passes to the score unchanged).
 
 Only the prunable weights (nn.Linear / Conv weights) are masked; every parameter of the network is frozen,
 only the scores train. The masked weights are never written into the model: the forward pass is
@@ -22,6 +23,7 @@ from torch.func import functional_call
 
 from .. import seeding
 from ..errors import unknown_name
+from .count import kept_count
 
 METHODS: tuple[str, ...] = ("bernoulli", "edge-popup")
 
@@ -60,12 +62,11 @@ class TopKSTE(torch.autograd.Function):
 
 
 def top_k_mask(scores: torch.Tensor, kept: float) -> torch.Tensor:
-    """Edge-popup's mask: exactly round(kept * numel) ones per layer, at the largest |score|."""
-    return TopKSTE.apply(scores.abs(), keep_count(scores.numel(), kept))
+    """Edge-popup's mask: exactly `kept_count(numel, kept)` ones per layer, at the largest |score|."""
+    return TopKSTE.apply(scores.abs(), kept_count(scores.numel(), kept))
 
 
-def keep_count(numel: int, kept: float) -> int:
-    return min(max(int(math.floor(kept * numel + 0.5)), 0), numel)
+keep_count = kept_count  # the old name of edge-popup's k
 
 
 def _key(name: str) -> str:

@@ -12,7 +12,7 @@ from .. import steps
 
 def make_optimizer(params, train, device: torch.device) -> torch.optim.Optimizer:
     """SGD (momentum, Nesterov, weight decay) or Adam. Adam is the fused kernel where the device has it:
-    with masks, plain Adam is ~45% slower here (sqrt of exact-zero second moments, design.md)."""
+    with masks, plain Adam is ~45% slower here (sqrt of exact-zero second moments, measured on this build)."""
     params = list(params)
     if train.optimizer == "sgd":
         return torch.optim.SGD(params, lr=train.lr, momentum=train.momentum, nesterov=train.nesterov and train.momentum > 0,

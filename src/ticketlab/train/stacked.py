@@ -9,8 +9,12 @@ exactly its model's gradient, and one optimizer over the stacked tensors makes t
 updates as K optimizers (SGD with momentum, Adam). BatchNorm running statistics are stacked buffers,
 one set per model; dropout draws independently per model (`randomness="different"`).
 
-Checkpoints are written per model in exactly the format `fit` uses, so a unit interrupted while stacked
-can be resumed alone and vice versa (the numbers then differ by float rounding: bmm vs mm).
+The loop (`train/loop.py`) drives it like any stepper: checkpoints are written per model in exactly the
+format `fit` uses, so a unit interrupted while stacked can be resumed alone and vice versa (the numbers
+then differ by float rounding: bmm vs mm), and each model has its own callbacks (those that declare
+themselves `stackable`), which see the model object: its parameters are the leaf tensors trained, and
+its BatchNorm buffers are views into the stacked buffers while training, so `model.state_dict()` is that
+model's current state.
 """
 
 from __future__ import annotations
@@ -26,8 +30,11 @@ from .. import seeding, steps
 from ..data import Dataset
 from ..data.batches import BatchOrder
 from ..sparse import Mask
-from .fit import Checkpoints, FitResult, optimizer_from_flat, optimizer_to_flat
+from .callbacks import assemble
+from .checkpoint import Checkpoints, optimizer_from_flat, optimizer_to_flat
+from .loop import FitResult, train_loop
 from .optim import Schedule, make_optimizer
+from .steppers import State, Stepper
 
 
 class StackedLinear(torch.autograd.Function):
@@ -67,104 +74,108 @@ def _stacked_mlp(layers: list[tuple[str, str]]):
     return forward
 
 
-def fit_stacked(models: list[nn.Module], data: Dataset, train, *, seeds: list[int], start: int, end: int,
-                schedule: Schedule, masks: list[Mask | None], checkpoints: list[Checkpoints],
-                progress: Callable[[int], None] | None = None) -> list[FitResult]:
-    """Train `models` (same architecture, same window [start, end)) together, in place.
+
+def _install_buffer(model: nn.Module, name: str, tensor: torch.Tensor) -> torch.Tensor:
+    """Make `tensor` model's buffer `name`; returns the buffer it replaces."""
+    module_name, _, leaf = name.rpartition(".")
+    module = model.get_submodule(module_name)
+    previous = module._buffers[leaf]
+    module._buffers[leaf] = tensor
+    return previous
+
+
+class StackedStepper(Stepper):
+    """K models of one architecture (same parameter and buffer names and shapes), each on its own seed's
+    batches, trained in one step; see the module docstring.
 
     Each model's parameters stay its own leaf tensors; they are stacked for the forward pass and the
     gradients flow back to them, so the optimizer (one multi-tensor kernel over all K models) treats every
     model's tensors exactly as it would alone: a model's numbers do not depend on which or how many models
-    it is stacked with. All models must resume from the same step."""
-    count = len(models)
-    base = models[0]
-    device = next(base.parameters()).device
-    names = [n for n, _ in base.named_parameters()]
-    buffer_names = [n for n, _ in base.named_buffers()]
-    orders = [BatchOrder(data, train.batch_size, s, augment=True) for s in seeds]
-    every = max(steps.resolve(train.eval_every, orders[0].iterations_per_epoch), 1)
-    torch.manual_seed(seeding.derive_seed("fit", seeds[0], start))
+    it is stacked with."""
 
-    resumed = [c.load() for c in checkpoints]
-    if any(r is not None for r in resumed):
-        if any(r is None for r in resumed) or len({r[1]["step"] for r in resumed}) != 1:
-            raise ValueError("fit_stacked: models must resume from the same step (group them by checkpoint step)")
-        for m, (tensors, _) in zip(models, resumed):
-            m.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
+    def __init__(self, models: list[nn.Module], data: Dataset, train, *, seeds: list[int]):
+        self.models = list(models)
+        count = self.count = len(self.models)
+        base = self.base = self.models[0]
+        self.device = next(base.parameters()).device
+        self.data, self.eval_batch_size = data, train.eval_batch_size
+        self.names = [n for n, _ in base.named_parameters()]
+        self.buffer_names = [n for n, _ in base.named_buffers()]
+        self.orders = [BatchOrder(data, train.batch_size, s, augment=True) for s in seeds]
+        self.iterations_per_epoch = self.orders[0].iterations_per_epoch
+        self.own = [[dict(m.named_parameters())[n] for n in self.names] for m in self.models]
+        self.per = len(self.names)
+        self.leaves = [p for ps in self.own for p in ps]
+        self.opt = make_optimizer(self.leaves, train, self.device)
+        self.buffers = {n: torch.stack([dict(m.named_buffers())[n].detach() for m in self.models])
+                        for n in self.buffer_names}
+        # the models' own buffers become views of their row of the stacked buffers (which the forward pass
+        # updates in place), so a model's state dict, a checkpoint load and callbacks all see its own
+        # statistics; `close` puts the original tensors back, holding the trained values
+        self._originals = [{n: _install_buffer(m, n, self.buffers[n][k]) for n in self.buffer_names}
+                           for k, m in enumerate(self.models)]
 
-    own = [[dict(m.named_parameters())[n] for n in names] for m in models]
-    buffers = {n: torch.stack([dict(m.named_buffers())[n].detach() for m in models]) for n in buffer_names}
-    per = len(names)
-    opt = make_optimizer([p for ps in own for p in ps], train, device)
-    running = torch.zeros(count, dtype=torch.float64, device=device)
-    counted = 0
-    step = start
-    metrics: list[list[dict]] = [[] for _ in models]
-    if resumed[0] is not None:
-        flat: dict[str, torch.Tensor] = {}
-        for k, (tensors, _) in enumerate(resumed):
-            for key, v in tensors.items():
-                if key.startswith("opt."):
-                    _, pid, rest = key.split(".", 2)
-                    flat[f"opt.{k * per + int(pid)}.{rest}"] = v.to(device) if v.dim() else v
-        meta = resumed[0][1]["optimizer"]
-        scalars = {f"{k * per + int(key.split('.', 1)[0])}.{key.split('.', 1)[1]}": v
-                   for k, r in enumerate(resumed) for key, v in r[1]["optimizer"]["scalars"].items()}
-        groups = [{**g, "params": list(range(count * per))} for g in meta["param_groups"]]
-        optimizer_from_flat(opt, flat, {"param_groups": groups, "scalars": scalars})
-        torch.set_rng_state(resumed[0][0]["rng.cpu"])
-        running = torch.stack([r[0]["running_loss"] for r in resumed]).to(device)
-        counted, step = resumed[0][1]["count"], resumed[0][1]["step"]
-        metrics = [r[1]["metrics"] for r in resumed]
+        layers = mlp_layers(base)
+        if layers is not None:  # the exact and faster path for fully connected nets
+            forward = _stacked_mlp(layers)
+            self.forward = forward
+            self.forward_shared = lambda p, b, x: forward(p, b, x.unsqueeze(0).expand(count, *x.shape))
+        else:
+            def call(p, b, x):
+                return functional_call(base, (p, b), (x,))
 
-    def apply_masks() -> None:
-        # each model's own parameters, by its own mask: exactly what `fit` does (fill values included)
-        for model, mask in zip(models, masks):
-            if mask is not None:
-                mask.apply_(model)
+            self.forward = vmap(call, in_dims=(0, 0, 0), randomness="different")
+            self.forward_shared = vmap(call, in_dims=(0, 0, None), randomness="different")
+        self.per_model_loss = vmap(F.cross_entropy)  # per model exactly the gradient of a lone model's mean loss
 
-    def stacked_params() -> dict[str, torch.Tensor]:
-        return {n: torch.stack([own[k][j] for k in range(count)]) for j, n in enumerate(names)}
+    def stacked_params(self) -> dict[str, torch.Tensor]:
+        return {n: torch.stack([self.own[k][j] for k in range(self.count)]) for j, n in enumerate(self.names)}
 
-    layers = mlp_layers(base)
-    if layers is not None:  # the exact and faster path for fully connected nets
-        forward = _stacked_mlp(layers)
-        forward_shared = lambda p, b, x: forward(p, b, x.unsqueeze(0).expand(count, *x.shape))
-    else:
-        def call(p, b, x):
-            return functional_call(base, (p, b), (x,))
+    def train_mode(self) -> None:
+        self.base.train()
 
-        forward = vmap(call, in_dims=(0, 0, 0), randomness="different")
-        forward_shared = vmap(call, in_dims=(0, 0, None), randomness="different")
-    per_model_loss = vmap(F.cross_entropy)  # per model exactly the gradient of a lone model's mean loss
+    def forward_backward(self, step: int) -> torch.Tensor:
+        batches = [o.batch(step) for o in self.orders]
+        x = torch.stack([b[0] for b in batches])
+        y = torch.stack([b[1] for b in batches])
+        out = self.forward(self.stacked_params(), self.buffers, x)
+        losses = self.per_model_loss(out, y)  # [K]
+        for p in self.leaves:
+            p.grad = None
+        losses.sum().backward()
+        return losses.detach()
 
-    def record(at: int) -> None:
-        nonlocal counted
-        base.eval()
+    def update(self, step: int, lr: float) -> None:
+        for g in self.opt.param_groups:
+            g["lr"] = lr
+        self.opt.step()
+
+    def evaluate(self, step: int, lr: float) -> list[dict]:
+        count, data, bs = self.count, self.data, self.eval_batch_size
+        self.base.eval()
         n = len(data.test_y)
-        loss = torch.zeros(count, dtype=torch.float64, device=device)
-        correct = torch.zeros(count, dtype=torch.long, device=device)
+        loss = torch.zeros(count, dtype=torch.float64, device=self.device)
+        correct = torch.zeros(count, dtype=torch.long, device=self.device)
         with torch.no_grad():
-            params = stacked_params()
-            for i in range(0, n, train.eval_batch_size):  # the chunks `evaluate` uses, for the same sums
-                out = forward_shared(params, buffers, data.test_x[i:i + train.eval_batch_size])  # [K, n, C]
-                y = data.test_y[i:i + train.eval_batch_size]
+            params = self.stacked_params()
+            for i in range(0, n, bs):  # the chunks `evaluate` uses, for the same sums
+                out = self.forward_shared(params, self.buffers, data.test_x[i:i + bs])  # [K, n, C]
+                y = data.test_y[i:i + bs]
                 for k in range(count):
                     loss[k] += F.cross_entropy(out[k], y, reduction="sum").double()
                 correct += (out.argmax(2) == y).sum(1)
-        base.train()
-        for k in range(count):
-            metrics[k].append({"step": at, "test_loss": loss[k].item() / n, "test_accuracy": correct[k].item() / n,
-                               "lr": schedule(max(at - 1, start)),
-                               "train_loss": (running[k] / counted).item() if counted else None})
-        running.zero_()
-        counted = 0
+        self.base.train()
+        return [{"step": step, "test_loss": loss[k].item() / n, "test_accuracy": correct[k].item() / n, "lr": lr}
+                for k in range(count)]
 
-    def snapshot() -> None:
-        opt_tensors, opt_meta = optimizer_to_flat(opt)
-        for k, ck in enumerate(checkpoints):
-            tensors = {f"model.{n}": own[k][j].detach() for j, n in enumerate(names)}
-            tensors.update({f"model.{n}": buffers[n][k] for n in buffer_names})
+    def state(self) -> list[State]:
+        """Per model, its state dict and its slice of the optimizer, renumbered as a lone model's."""
+        per = self.per
+        opt_tensors, opt_meta = optimizer_to_flat(self.opt)
+        groups = [{**g, "params": list(range(per))} for g in opt_meta["param_groups"]]
+        out = []
+        for k, model in enumerate(self.models):
+            tensors = {f"model.{n}": v for n, v in model.state_dict().items()}
             scalars = {}
             for key, v in opt_tensors.items():
                 _, pid, rest = key.split(".", 2)
@@ -174,45 +185,43 @@ def fit_stacked(models: list[nn.Module], data: Dataset, train, *, seeds: list[in
                 pid, rest = key.split(".", 1)
                 if k * per <= int(pid) < (k + 1) * per:
                     scalars[f"{int(pid) - k * per}.{rest}"] = v
-            groups = [{**g, "params": list(range(per))} for g in opt_meta["param_groups"]]
-            tensors["rng.cpu"] = torch.get_rng_state()
-            tensors["running_loss"] = running[k]
-            ck.save(tensors, {"step": step, "count": counted, "metrics": metrics[k],
-                              "optimizer": {"param_groups": groups, "scalars": scalars}})
+            out.append((tensors, {"param_groups": groups, "scalars": scalars}))
+        return out
 
-    apply_masks()
-    if not metrics[0]:
-        record(start)
-    base.train()
-    leaves = [p for ps in own for p in ps]
-    while step < end:
-        batches = [o.batch(step) for o in orders]
-        x = torch.stack([b[0] for b in batches])
-        y = torch.stack([b[1] for b in batches])
-        out = forward(stacked_params(), buffers, x)
-        losses = per_model_loss(out, y)  # [K]
-        for p in leaves:
-            p.grad = None
-        losses.sum().backward()
-        lr = schedule(step)
-        for g in opt.param_groups:
-            g["lr"] = lr
-        opt.step()
-        apply_masks()
-        running += losses.detach()
-        counted += 1
-        step += 1
-        at_eval = step % every == 0 or step == end
-        if at_eval:
-            record(step)
-        if step < end and checkpoints[0].due(step, at_eval):
-            snapshot()
-        if progress is not None:
-            progress(step - start)
+    def load_state(self, states: list[State]) -> None:
+        per = self.per
+        for model, (tensors, _) in zip(self.models, states):
+            model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
+        flat: dict[str, torch.Tensor] = {}
+        for k, (tensors, _) in enumerate(states):
+            for key, v in tensors.items():
+                if key.startswith("opt."):
+                    _, pid, rest = key.split(".", 2)
+                    flat[f"opt.{k * per + int(pid)}.{rest}"] = v.to(self.device) if v.dim() else v
+        scalars = {f"{k * per + int(key.split('.', 1)[0])}.{key.split('.', 1)[1]}": v
+                   for k, (_, meta) in enumerate(states) for key, v in meta["scalars"].items()}
+        groups = [{**g, "params": list(range(self.count * per))} for g in states[0][1]["param_groups"]]
+        optimizer_from_flat(self.opt, flat, {"param_groups": groups, "scalars": scalars})
 
-    with torch.no_grad():
-        for k, m in enumerate(models):
-            own_buffers = dict(m.named_buffers())
-            for n in buffer_names:
-                own_buffers[n].copy_(buffers[n][k])
-    return [FitResult.from_metrics(mk, end - start) for mk in metrics]
+    def close(self) -> None:
+        with torch.no_grad():
+            for k, (model, originals) in enumerate(zip(self.models, self._originals)):
+                for n, tensor in originals.items():
+                    tensor.copy_(self.buffers[n][k])
+                    _install_buffer(model, n, tensor)
+
+
+def fit_stacked(models: list[nn.Module], data: Dataset, train, *, seeds: list[int], start: int, end: int,
+                schedule: Schedule, masks: list[Mask | None], checkpoints: list[Checkpoints],
+                progress: Callable[[int], None] | None = None, callbacks: list | None = None) -> list[FitResult]:
+    """Train `models` (same architecture, same window [start, end)) together, in place; see `StackedStepper`.
+
+    `callbacks[k]` (optional) is model k's list of (stackable) callbacks; `progress(n)` is called once per
+    step. All models must resume from the same step."""
+    stepper = StackedStepper(models, data, train, seeds=seeds)
+    every = steps.resolve(train.eval_every, stepper.iterations_per_epoch)
+    own = callbacks if callbacks is not None else [[] for _ in models]
+    per_model = [assemble(mask, cbs, progress=progress if k == 0 else None, start=start)
+                 for k, (mask, cbs) in enumerate(zip(masks, own))]
+    return train_loop(stepper, per_model, start=start, end=end, schedule=schedule, eval_every=every,
+                      checkpoints=checkpoints, rng_seed=seeding.derive_seed("fit", seeds[0], start))

@@ -1,13 +1,6 @@
-"""Run the independent trainings of an experiment on every core: a task graph, worker processes, and
-stacked models inside each worker.
+"""How many worker processes and how many stacked models (`plan_parallelism`).
 
-An experiment describes its work as tasks (hashable keys) with dependencies and a stacking group, and
-provides an executor: an object built in each process from (spec, out) whose `execute(keys, stack,
-max_batch, progress)` trains those tasks and returns {key: result row}. The scheduler hands ready tasks
-to the workers, up to `max_batch` of one group at a time, and reports progress and finished tasks.
-
-How many workers and how many stacked models (`plan_parallelism`) - measured on this kind of machine
-(2 cores, torch CPU; design.md and the many-tickets issue):
+Measured on this kind of machine (2 cores, torch CPU):
 - worker processes, one per core with one thread each, pay for every model on CPU (two 1-thread
   processes run LeNet-300-100 at ~1.24x one 2-thread process), once there is enough work to repay their
   start (~3 s each: importing torch and loading the data);
@@ -22,13 +15,8 @@ How many workers and how many stacked models (`plan_parallelism`) - measured on 
 from __future__ import annotations
 
 import math
-import multiprocessing as mp
 import os
-import queue as queue_module
-import time
-from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from dataclasses import dataclass
-from typing import Any, Callable, Hashable
 
 import torch
 from torch import nn
@@ -112,108 +100,3 @@ def plan_parallelism(model: nn.Module, device: torch.device, *, width: int, tota
     max_batch = max(1, min(max_batch, budget // max(per_model * workers, 1)))
     workers = max(1, min(workers, budget // max(per_model * max_batch, 1)))
     return Parallelism(workers, max_batch, per_model / 2**20, "; ".join(reasons))
-
-
-# ------------------------------------------------------------------------------------------ workers
-_EXECUTOR = None
-_QUEUE = None
-
-
-def _init_worker(factory: Callable, spec, out: str, progress_queue) -> None:
-    global _EXECUTOR, _QUEUE
-    _EXECUTOR = factory(spec, out)
-    _QUEUE = progress_queue
-
-
-def _run_in_worker(keys: list, stack: bool, max_batch: int) -> dict:
-    last: dict = {}
-
-    def progress(key, n):
-        now = time.monotonic()
-        if now - last.get(key, 0.0) > 0.25:
-            last[key] = now
-            _QUEUE.put((key, n))
-
-    return _EXECUTOR.execute(keys, stack=stack, max_batch=max_batch, progress=progress)
-
-
-@dataclass
-class Task:
-    key: Hashable
-    deps: tuple = ()
-    group: Hashable = None
-    cost: int = 1
-
-
-def run_tasks(tasks: list[Task], *, factory: Callable, spec, out: str, parallel: Parallelism,
-              local_executor=None, on_start: Callable[[Hashable], None] | None = None,
-              on_progress: Callable[[Hashable, int], None] | None = None,
-              on_done: Callable[[Hashable, dict], None] | None = None) -> dict:
-    """Run every task once its dependencies are done; returns {key: result}.
-
-    With one worker everything runs in this process (`local_executor`, or one built by `factory`)."""
-    by_key = {t.key: t for t in tasks}
-    done: dict = {}
-    pending = list(tasks)
-    stack = parallel.max_batch > 1
-
-    def ready() -> list[Task]:
-        return [t for t in pending if all(d in done for d in t.deps)]
-
-    def take(batch_size: int, idle: int = 1) -> list[Task]:
-        """Up to `batch_size` ready tasks of one group, spread evenly over the `idle` workers."""
-        candidates = ready()
-        if not candidates:
-            return []
-        first = candidates[0]
-        group = [t for t in candidates if t.group == first.group]
-        chosen = group[:min(batch_size, math.ceil(len(group) / max(idle, 1)))]
-        for t in chosen:
-            pending.remove(t)
-        return chosen
-
-    def finish(results: dict) -> None:
-        for key, row in results.items():
-            done[key] = row
-            if on_done:
-                on_done(key, row)
-
-    if parallel.workers <= 1:
-        executor = local_executor or factory(spec, out)
-        while pending:
-            chosen = take(parallel.max_batch)
-            if not chosen:
-                raise RuntimeError("task graph has a cycle or a missing dependency")
-            for t in chosen:
-                on_start and on_start(t.key)
-            finish(executor.execute([t.key for t in chosen], stack=stack, max_batch=parallel.max_batch,
-                                    progress=on_progress or (lambda k, n: None)))
-        return done
-
-    ctx = mp.get_context("spawn")
-    progress_queue = ctx.Queue()
-    running: dict = {}
-    with ProcessPoolExecutor(parallel.workers, mp_context=ctx, initializer=_init_worker,
-                             initargs=(factory, spec, out, progress_queue)) as pool:
-        while pending or running:
-            while len(running) < parallel.workers:
-                chosen = take(parallel.max_batch, parallel.workers - len(running))
-                if not chosen:
-                    break
-                for t in chosen:
-                    on_start and on_start(t.key)
-                running[pool.submit(_run_in_worker, [t.key for t in chosen], stack, parallel.max_batch)] = chosen
-            if not running:
-                raise RuntimeError("task graph has a cycle or a missing dependency")
-            finished, _ = wait(list(running), timeout=0.2, return_when=FIRST_COMPLETED)
-            try:
-                while True:
-                    key, n = progress_queue.get_nowait()
-                    if on_progress and key not in done:
-                        on_progress(key, n)
-            except queue_module.Empty:
-                pass
-            for future in finished:
-                running.pop(future)
-                finish(future.result())
-    return done

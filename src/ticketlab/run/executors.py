@@ -1,0 +1,165 @@
+"""Executors: where units run. All of them run `execute.execute` on batches of units and report back.
+
+- `Inline`: in this process, one batch after another (`--workers 1`).
+- `LocalProcesses`: worker processes on this machine (spawned, one thread each), the default.
+- `RayCluster`: Ray tasks (`--executor ray`), on a cluster at `--ray-address` or on a local Ray instance
+  started here. A unit is idempotent (its store manifest), so Ray's task retries after a lost worker are
+  safe: the retried task resumes the unit from its last checkpoint or reads it back if it was committed.
+  Every node must see `--out` (a shared file system).
+"""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+import os
+import queue as queue_module
+import time
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+
+from ..errors import UserError
+from .execute import execute, experiment_from
+
+PROGRESS_INTERVAL = 0.25
+
+
+class Inline:
+    """Runs each batch in this process when it is collected."""
+
+    name = "inline"
+
+    def __init__(self, experiments: dict):
+        self.experiments = experiments   # path -> Experiment (this process's instances)
+        self.queue: list = []
+        self._progress: list = []
+        self.slots = 1
+
+    def submit(self, batch, exp_path: str, keys: list, stack: bool, max_batch: int) -> None:
+        self.queue.append((batch, exp_path, keys, stack, max_batch))
+
+    def collect(self, timeout: float) -> list:
+        if not self.queue:
+            return []
+        batch, exp_path, keys, stack, max_batch = self.queue.pop(0)
+        out = execute(self.experiments[exp_path], keys, stack=stack, max_batch=max_batch,
+                      progress=lambda key, n: self._progress.append(((exp_path, key), n)))
+        return [(batch, out)]
+
+    def progress(self) -> list:
+        out, self._progress = self._progress, []
+        return out
+
+    def running(self) -> int:
+        return len(self.queue)
+
+    def close(self) -> None:
+        pass
+
+
+# ----------------------------------------------------------------------------------- local processes
+_QUEUE = None
+
+
+def _init_worker(progress_queue) -> None:
+    global _QUEUE
+    _QUEUE = progress_queue
+
+
+def _run_in_worker(ref: tuple, exp_path: str, keys: list, stack: bool, max_batch: int) -> dict:
+    last: dict = {}
+
+    def progress(key, n):
+        now = time.monotonic()
+        if now - last.get(key, 0.0) > PROGRESS_INTERVAL:
+            last[key] = now
+            _QUEUE.put(((exp_path, key), n))
+
+    return execute(experiment_from(ref), keys, stack=stack, max_batch=max_batch, progress=progress)
+
+
+class LocalProcesses:
+    name = "local"
+
+    def __init__(self, refs: dict, workers: int):
+        self.refs = refs
+        ctx = mp.get_context("spawn")
+        self._queue = ctx.Queue()
+        self.pool = ProcessPoolExecutor(workers, mp_context=ctx, initializer=_init_worker, initargs=(self._queue,))
+        self.futures: dict = {}
+        self.slots = workers
+
+    def submit(self, batch, exp_path: str, keys: list, stack: bool, max_batch: int) -> None:
+        self.futures[self.pool.submit(_run_in_worker, self.refs[exp_path], exp_path, keys, stack, max_batch)] = batch
+
+    def collect(self, timeout: float) -> list:
+        finished, _ = wait(list(self.futures), timeout=timeout, return_when=FIRST_COMPLETED)
+        return [(self.futures.pop(f), f.result()) for f in finished]
+
+    def progress(self) -> list:
+        out = []
+        try:
+            while True:
+                out.append(self._queue.get_nowait())
+        except queue_module.Empty:
+            return out
+
+    def running(self) -> int:
+        return len(self.futures)
+
+    def close(self) -> None:
+        self.pool.shutdown(wait=True, cancel_futures=True)
+
+
+# ----------------------------------------------------------------------------------------------- Ray
+RAY_RETRIES = 3
+
+
+def _ray_task(ref: tuple, keys: list, stack: bool, max_batch: int) -> dict:
+    return execute(experiment_from(ref), keys, stack=stack, max_batch=max_batch)
+
+
+class RayCluster:
+    name = "ray"
+
+    def __init__(self, refs: dict, workers: int, address: str = ""):
+        try:
+            import ray
+        except ImportError:
+            raise UserError("--executor ray needs Ray: pip install 'ticketlab[ray]' (or pip install ray)") from None
+        self.ray, self.refs = ray, refs
+        self.started = not ray.is_initialized()
+        if self.started:
+            options = dict(include_dashboard=False, log_to_driver=False, configure_logging=False)
+            try:
+                if address:
+                    ray.init(address=address, **options)
+                else:
+                    # A local instance of our own; never joins a cluster found in the environment.
+                    os.environ.pop("RAY_ADDRESS", None)
+                    ray.init(num_cpus=workers, **options)
+            except (ConnectionError, RuntimeError, ValueError) as e:
+                raise UserError(f"--executor ray: cannot start or reach Ray{' at ' + address if address else ''} ({e})") from None
+        cpus = int(ray.cluster_resources().get("CPU", workers))
+        self.slots = max(1, min(workers, cpus) if not address else cpus)
+        self.remote = ray.remote(num_cpus=1, max_retries=RAY_RETRIES)(_ray_task)
+        self.pending: dict = {}
+
+    def submit(self, batch, exp_path: str, keys: list, stack: bool, max_batch: int) -> None:
+        self.pending[self.remote.remote(self.refs[exp_path], keys, stack, max_batch)] = batch
+
+    def collect(self, timeout: float) -> list:
+        if not self.pending:
+            return []
+        ready, _ = self.ray.wait(list(self.pending), num_returns=1, timeout=timeout)
+        return [(self.pending.pop(r), self.ray.get(r)) for r in ready]
+
+    def progress(self) -> list:
+        return []
+
+    def running(self) -> int:
+        return len(self.pending)
+
+    def close(self) -> None:
+        for r in self.pending:
+            self.ray.cancel(r, force=True)
+        if self.started:
+            self.ray.shutdown()

@@ -1,0 +1,179 @@
+"""The unit runner: from experiments to finished run folders.
+
+`run(Experiment class, spec)` builds (validates) the experiment, opens its run folder, puts its units (and
+those of the experiments it builds on) into one task graph, and hands ready units to an executor: up to
+`--max-batch` units of one stacking group at a time, as many batches as there are workers. As units
+finish it prints the experiment's progress lines; at the end it writes every experiment's `results.csv`,
+`results.json`, `summary.json` and plots. Run again, it reads finished units back and resumes the rest.
+`run_many` does the same for many experiments at once (a sweep).
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+from ..errors import UserError
+from ..report.progress import Bars
+from ..results import Results
+from ..store import Run
+from .executors import Inline, LocalProcesses, RayCluster
+from .graph import CycleError, Graph, Task
+from .plan import plan_parallelism
+from .work import Experiment, Report
+
+POLL_SECONDS = 0.2
+
+
+def run(cls, spec, *, out: str = "runs", force: bool = False, progress: bool | None = None) -> Results:
+    """Run (or resume) one experiment; returns its tidy results."""
+    return run_many([cls.build(spec)], out=out, force=force, progress=progress)[0]
+
+
+def flatten(experiments: list[Experiment]) -> list[Experiment]:
+    """Every experiment with the ones it builds on first (each once)."""
+    seen: dict[int, Experiment] = {}
+
+    def visit(exp):
+        for child in exp.children():
+            visit(child)
+        seen.setdefault(id(exp), exp)
+
+    for exp in experiments:
+        visit(exp)
+    return list(seen.values())
+
+
+def open_folders(experiments: list[Experiment], top: list[Experiment], out: str, force: bool) -> dict[str, Experiment]:
+    """Open (or create) every run folder; `force` discards only the top-level experiments' folders. Two
+    experiments with the same folder (the same spec) become one."""
+    by_path: dict[str, Experiment] = {}
+    for exp in experiments:
+        folder = Run.open(out, exp.spec, force=force and any(exp is t for t in top))
+        path = str(folder.path)
+        if path in by_path:
+            exp.attach(by_path[path].run, out)
+            continue
+        exp.attach(folder, out)
+        by_path[path] = exp
+    return by_path
+
+
+def path_of(exp: Experiment) -> str:
+    return str(exp.run.path)
+
+
+def tasks_of(by_path: dict[str, Experiment]) -> list[Task]:
+    out = []
+    for path, exp in by_path.items():
+        for w in exp.units():
+            deps = tuple((path_of(d[0]), d[1]) if isinstance(d, tuple) and len(d) == 2 and isinstance(d[0], Experiment)
+                         else (path, d) for d in w.deps)
+            out.append(Task(path, w.key, deps, w.group, w.cost, w.label))
+    return out
+
+
+def run_many(experiments: list[Experiment], *, out: str = "runs", force: bool = False,
+             progress: bool | None = None, on_report=None) -> list[Results]:
+    """Run (or resume) several experiments in one task graph; returns each one's tidy results."""
+    out = str(Path(out).resolve())   # every worker (and Ray node) sees the same absolute path
+    flat = flatten(experiments)
+    try:
+        by_path = open_folders(flat, experiments, out, force)
+    except OSError as e:
+        raise UserError(f"--out {out}: cannot create the run folder ({e.strerror or e})") from None
+    graph = Graph(tasks_of(by_path))
+    first = experiments[0]
+    t = first.spec.train
+    exps = list(by_path.values())
+    probe = first.probe()
+    setup = first.setup
+    total = sum(task.cost for task in graph.tasks.values())
+    limit = 1 if any(getattr(e, "stack_limit", 0) == 1 for e in exps) else t.max_batch
+    parallel = plan_parallelism(probe, setup.device, width=graph.width(), total_steps=total, batch_size=t.batch_size,
+                                input_numel=math.prod(setup.data.input_shape), workers=t.workers, max_batch=limit)
+    results: dict[str, dict] = {path: {} for path in by_path}
+    with Bars(progress) as bars:
+        for exp in experiments:
+            bars.print(f"run folder: {exp.run.path}")
+        executor = _executor(t, parallel, by_path)
+        bars.print(parallel.describe() + ("" if executor.name != "ray" else f"; on Ray ({executor.slots} CPUs)"))
+        for exp in by_path.values():
+            for line in exp.header_lines():
+                bars.print(line)
+        _drive(graph, executor, parallel, by_path, results, bars, total)
+    reports = {}
+    for path, exp in by_path.items():
+        reports[path] = exp.report(results[path])
+        write_report(exp.run, reports[path])
+        if on_report is not None:
+            on_report(exp, reports[path])
+    return [Results(reports[path_of(exp)].rows) for exp in experiments]
+
+
+def _executor(t, parallel, by_path):
+    if t.executor == "ray":
+        return RayCluster({p: e.ref for p, e in by_path.items()}, parallel.workers, t.ray_address)
+    if parallel.workers <= 1:
+        return Inline(by_path)
+    return LocalProcesses({p: e.ref for p, e in by_path.items()}, parallel.workers)
+
+
+def _drive(graph: Graph, executor, parallel, by_path: dict, results: dict, bars: Bars, total: int) -> None:
+    stack = parallel.max_batch > 1
+    overall = bars.add(_title(by_path), total)
+    bar_of: dict = {}
+    shown: dict = {}
+
+    def advance(tid, n):
+        before = shown.get(tid, 0)
+        if n > before:
+            bars.advance(overall, n - before)
+            shown[tid] = n
+
+    try:
+        while not graph.finished:
+            while executor.running() < executor.slots:
+                chosen = graph.take(parallel.max_batch, executor.slots - executor.running())
+                if not chosen:
+                    break
+                for task in chosen:
+                    if task.cost > 1:
+                        bar_of[task.id] = bars.add(f"  {task.label or _label(task)}", task.cost)
+                executor.submit(chosen, chosen[0].exp, [task.key for task in chosen], stack, parallel.max_batch)
+            if graph.stuck() or (not executor.running() and not graph.finished):
+                raise CycleError("task graph has a cycle or a missing dependency")
+            for batch, out in executor.collect(POLL_SECONDS):
+                for task in batch:
+                    result = out[task.key]
+                    graph.finish(task.id)
+                    results[task.exp][task.key] = result
+                    advance(task.id, task.cost)
+                    if task.id in bar_of:
+                        bars.progress.remove_task(bar_of.pop(task.id))
+                    for line in by_path[task.exp].progress_lines(task.key, result, results[task.exp]):
+                        bars.print(line)
+            for tid, n in executor.progress():
+                if tid in bar_of:
+                    bars.set(bar_of[tid], n)
+                advance(tid, n)
+    finally:
+        executor.close()
+
+
+def _title(by_path: dict) -> str:
+    names = [Path(p).name for p in by_path]
+    return names[0] if len(names) == 1 else f"{len(names)} runs"
+
+
+def _label(task: Task) -> str:
+    key = task.key if isinstance(task.key, tuple) else (task.key,)
+    return " ".join(str(k) for k in key)
+
+
+def write_report(run: Run, report: Report) -> None:
+    run.write("results.csv", report.rows)
+    run.write("results.json", report.rows)
+    run.write("summary.json", report.summary)
+    for name, payload in report.files.items():
+        run.write(name, payload)

@@ -1,0 +1,270 @@
+"""The one training loop: callbacks (order, state in checkpoints, stopping), Snapshot with both steppers
+(and across an interruption), the checkpoint format of stacked training, and which jobs stack."""
+
+import pytest
+import torch
+
+from ticketlab import models
+from ticketlab.data import load
+from ticketlab.sparse import Mask
+from ticketlab.store import Unit
+from ticketlab.train import Callback, OnStep, Schedule, Snapshot, fit
+from ticketlab.train import jobs as jobs_module
+from ticketlab.train.fit import Checkpoints
+from ticketlab.train.jobs import Job, run_jobs
+from ticketlab.train.stacked import fit_stacked
+
+
+class Train:
+    """What a TrainSpec gives the loop (only the fields it reads)."""
+    optimizer, lr, momentum, nesterov, weight_decay = "adam", 5e-3, 0.9, False, 0.0
+    batch_size, eval_batch_size, eval_every = 20, 1000, "5it"
+
+
+DATA = load("synthetic")
+SCHEDULE = Schedule(lr=5e-3, kind="constant", total=40)
+
+
+def mlp(seed):
+    return models.build("mlp", DATA.input_shape, DATA.num_classes, seed=seed, widths=(16, 16))
+
+
+def bn_net(seed):
+    return models.build("mnist1d_cnn_bn", DATA.input_shape, DATA.num_classes, seed=seed)
+
+
+def random_mask(seed):
+    net = mlp(0)
+    names = models.prunable_names(net)
+    g = torch.Generator().manual_seed(100 + seed)
+    return Mask({n: torch.rand(p.shape, generator=g) > 0.4 for n, p in net.named_parameters() if n in names}, names)
+
+
+def equal_states(a: dict, b: dict) -> bool:
+    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def state(model) -> dict:
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+
+class Stop(Exception):
+    pass
+
+
+def kill_at(step):
+    def kill(s, model):
+        if s == step:
+            raise Stop
+    return OnStep(kill)
+
+
+# --------------------------------------------------------------------------------------------- callbacks
+class Log(Callback):
+    def __init__(self, name, log, mask=None):
+        self.name, self.log, self.mask = name, log, mask
+
+    def on_start(self, step, model):
+        self.log.append((self.name, "on_start", step))
+
+    def before_step(self, step, model):
+        self.log.append((self.name, "before_step", step))
+
+    def after_backward(self, step, model):
+        self.log.append((self.name, "after_backward", step))
+
+    def after_step(self, step, model):
+        self.log.append((self.name, "after_step", step))
+        if self.mask is not None:   # the mask is applied before any caller's callback sees the update
+            for n, keep in self.mask.tensors.items():
+                assert torch.count_nonzero(dict(model.named_parameters())[n][~keep]) == 0
+
+    def on_eval(self, step, row):
+        self.log.append((self.name, "on_eval", step))
+
+    def finish(self):
+        self.log.append((self.name, "finish", None))
+
+
+def test_callbacks_are_called_in_list_order_at_each_hook():
+    log = []
+    mask = random_mask(0)
+    fit(mlp(0), DATA, Train, seed=0, start=0, end=6, schedule=SCHEDULE, mask=mask,
+        callbacks=[Log("a", log, mask), Log("b", log, mask)])
+    expected = [("a", "on_start", 0), ("b", "on_start", 0), ("a", "on_eval", 0), ("b", "on_eval", 0)]
+    for step in range(6):
+        expected += [(n, "before_step", step) for n in "ab"] + [(n, "after_backward", step) for n in "ab"]
+        expected += [(n, "after_step", step + 1) for n in "ab"]
+        if step + 1 in (5, 6):
+            expected += [(n, "on_eval", step + 1) for n in "ab"]
+    expected += [("a", "finish", None), ("b", "finish", None)]
+    assert log == expected
+
+
+def test_a_single_callback_is_the_same_as_a_list_of_one_and_stop_ends_training():
+    class StopAt(Callback):
+        def after_step(self, step, model):
+            return step == 7
+
+    a, b = mlp(0), mlp(0)
+    ra = fit(a, DATA, Train, seed=0, start=0, end=20, schedule=SCHEDULE, callbacks=StopAt())
+    rb = fit(b, DATA, Train, seed=0, start=0, end=20, schedule=SCHEDULE, callbacks=[StopAt()])
+    assert ra.steps == rb.steps == 7 and ra.metrics[-1]["step"] == 7
+    assert ra.metrics == rb.metrics and equal_states(state(a), state(b))
+    c = mlp(0)
+    fit(c, DATA, Train, seed=0, start=0, end=7, schedule=SCHEDULE)
+    assert equal_states(state(a), state(c)), "stopping at 7 gives the weights of a run to 7"
+
+
+class Counter(Callback):
+    """A callback with state: the sum of the losses it saw at evaluations, and how many steps it saw."""
+
+    def __init__(self, tag):
+        self.tag, self.steps = tag, torch.zeros((), dtype=torch.long)
+
+    def after_step(self, step, model):
+        self.steps += 1
+
+    def state_dict(self):
+        return {f"{self.tag}.steps": self.steps.clone()}
+
+    def load_state_dict(self, tensors):
+        self.steps = tensors[f"{self.tag}.steps"].clone()
+
+
+def test_callback_state_travels_in_checkpoints_with_one_or_several_callbacks(tmp_path):
+    # one stateful callback: the `callback.` prefix of older checkpoints; several: `callback.<i>.`
+    one = Unit(tmp_path / "one")
+    with pytest.raises(Stop):
+        fit(mlp(0), DATA, Train, seed=0, start=0, end=20, schedule=SCHEDULE, checkpoints=Checkpoints(one, 5),
+            callbacks=[Counter("x"), kill_at(12)])
+    tensors, st = one.load_checkpoint()
+    assert st["step"] == 10 and int(tensors["callback.x.steps"]) == 10
+    two = Unit(tmp_path / "two")
+    with pytest.raises(Stop):
+        fit(mlp(0), DATA, Train, seed=0, start=0, end=20, schedule=SCHEDULE, checkpoints=Checkpoints(two, 5),
+            callbacks=[Counter("x"), Counter("y"), kill_at(12)])
+    tensors, _ = two.load_checkpoint()
+    assert int(tensors["callback.0.x.steps"]) == 10 and int(tensors["callback.1.y.steps"]) == 10
+    assert not any(k.startswith("callback.x") for k in tensors)
+    x, y = Counter("x"), Counter("y")
+    fit(mlp(0), DATA, Train, seed=0, start=0, end=20, schedule=SCHEDULE, checkpoints=Checkpoints(two, 5), callbacks=[x, y])
+    assert int(x.steps) == int(y.steps) == 20, "resumed at 10 with the state of 10 steps, then 10 more"
+
+
+# ------------------------------------------------------------------------------------------------ Snapshot
+def test_snapshot_alone_captures_start_middle_and_end_weights():
+    mask = random_mask(0)
+    model = mlp(0)
+    snap = Snapshot({0, 7, 20})
+    fit(model, DATA, Train, seed=0, start=0, end=20, schedule=SCHEDULE, mask=mask, callbacks=[snap])
+    start = mlp(0)
+    mask.apply_(start)
+    assert equal_states(snap.weights[0], state(start)), "w_0: the start weights, masked"
+    to7 = mlp(0)
+    fit(to7, DATA, Train, seed=0, start=0, end=7, schedule=SCHEDULE, mask=mask)
+    assert equal_states(snap.weights[7], state(to7))
+    assert equal_states(snap.weights[20], state(model))
+    assert snap.captured is snap.weights
+    assert all(v.device.type == "cpu" for v in snap.weights[7].values())
+
+
+def test_snapshot_of_stacked_mlps_equals_the_snapshot_of_each_alone():
+    seeds, masks = [0, 1], [random_mask(0), random_mask(1)]
+    snaps = [Snapshot({0, 9}) for _ in seeds]
+    nets = [mlp(s) for s in seeds]
+    fit_stacked(nets, DATA, Train, seeds=seeds, start=0, end=15, schedule=SCHEDULE, masks=masks,
+                checkpoints=[Checkpoints(), Checkpoints()], callbacks=[[s] for s in snaps])
+    for s, mask, snap in zip(seeds, masks, snaps):
+        alone = Snapshot({0, 9})
+        fit(mlp(s), DATA, Train, seed=s, start=0, end=15, schedule=SCHEDULE, mask=mask, callbacks=[alone])
+        assert equal_states(snap.weights[0], alone.weights[0]) and equal_states(snap.weights[9], alone.weights[9])
+    assert not torch.equal(snaps[0].weights[9]["fc.weight"], snaps[1].weights[9]["fc.weight"])
+
+
+def test_snapshot_of_stacked_batchnorm_models_has_each_models_own_statistics():
+    seeds = [0, 1]
+    snaps = [Snapshot({3}) for _ in seeds]
+    nets = [bn_net(s) for s in seeds]
+    fit_stacked(nets, DATA, Train, seeds=seeds, start=0, end=5, schedule=SCHEDULE, masks=[None, None],
+                checkpoints=[Checkpoints(), Checkpoints()], callbacks=[[s] for s in snaps])
+    ref = [bn_net(s) for s in seeds]   # the same stack, stopped at 3
+    fit_stacked(ref, DATA, Train, seeds=seeds, start=0, end=3, schedule=SCHEDULE, masks=[None, None],
+                checkpoints=[Checkpoints(), Checkpoints()])
+    for snap, r in zip(snaps, ref):
+        assert equal_states(snap.weights[3], state(r))
+        assert int(snap.weights[3]["bn1.num_batches_tracked"]) == 3
+    mean = lambda w: w["bn1.running_mean"]
+    assert not torch.equal(mean(snaps[0].weights[3]), mean(snaps[1].weights[3]))
+    assert not torch.equal(mean(snaps[0].weights[3]), mean(state(bn_net(0)))), "the statistics moved"
+    # after training the models hold their own buffers again, not views of a stacked tensor
+    for n in nets:
+        assert n.bn1.running_mean.untyped_storage().nbytes() == n.bn1.running_mean.numel() * 4
+
+
+@pytest.mark.parametrize("stacked", [False, True])
+def test_snapshot_survives_an_interruption(tmp_path, stacked):
+    seeds, masks = [0, 1], [random_mask(0), random_mask(1)]
+
+    def train(units, kill=None):
+        snaps = [Snapshot({0, 7}) for _ in seeds]
+        nets = [mlp(s) for s in seeds]
+        cks = [Checkpoints(u, 5) for u in units]
+        extra = [kill_at(kill)] if kill else []
+        if stacked:
+            fit_stacked(nets, DATA, Train, seeds=seeds, start=0, end=20, schedule=SCHEDULE, masks=masks,
+                        checkpoints=cks, callbacks=[[snaps[0], *extra], [snaps[1]]])
+        else:
+            for s in seeds:
+                fit(nets[s], DATA, Train, seed=s, start=0, end=20, schedule=SCHEDULE, mask=masks[s],
+                    checkpoints=cks[s], callbacks=[snaps[s], *extra])
+        return snaps, nets
+
+    whole, whole_nets = train([Unit(tmp_path / "whole" / str(s)) for s in seeds])
+    units = [Unit(tmp_path / "cut" / str(s)) for s in seeds]
+    with pytest.raises(Stop):
+        train(units, kill=12)
+    assert units[0].load_checkpoint()[1]["step"] == 10
+    resumed, resumed_nets = train(units)
+    for a, b, na, nb in zip(whole, resumed, whole_nets, resumed_nets):
+        assert sorted(b.weights) == [0, 7]
+        assert equal_states(a.weights[0], b.weights[0]) and equal_states(a.weights[7], b.weights[7])
+        assert equal_states(state(na), state(nb))
+
+
+# ------------------------------------------------------------------------------------- checkpoint format
+def test_stacked_and_lone_checkpoints_have_one_format(tmp_path):
+    alone = Unit(tmp_path / "alone")
+    fit(mlp(0), DATA, Train, seed=0, start=0, end=6, schedule=SCHEDULE, checkpoints=Checkpoints(alone, 5))
+    units = [Unit(tmp_path / f"s{s}") for s in (0, 1)]
+    fit_stacked([mlp(0), mlp(1)], DATA, Train, seeds=[0, 1], start=0, end=6, schedule=SCHEDULE, masks=[None, None],
+                checkpoints=[Checkpoints(u, 5) for u in units])
+    ta, sa = alone.load_checkpoint()
+    for u in units:
+        t, s = u.load_checkpoint()
+        assert t.keys() == ta.keys() and s.keys() == sa.keys()
+        assert s["optimizer"]["param_groups"][0]["params"] == sa["optimizer"]["param_groups"][0]["params"]
+    assert "rng.cpu" in ta and "rng.cuda" not in ta, "on the CPU: the CPU generator only"
+    assert torch.equal(units[0].load_checkpoint()[0]["model.fc.weight"], ta["model.fc.weight"])
+
+
+# -------------------------------------------------------------------------------------------------- jobs
+def test_jobs_with_stackable_callbacks_stack_and_others_run_alone(monkeypatch):
+    calls = []
+    real_fit, real_stacked = jobs_module.fit, jobs_module.fit_stacked
+    monkeypatch.setattr(jobs_module, "fit", lambda *a, **k: calls.append("alone") or real_fit(*a, **k))
+    monkeypatch.setattr(jobs_module, "fit_stacked", lambda models, *a, **k: calls.append(len(models)) or real_stacked(models, *a, **k))
+
+    class Watcher(Callback):   # not declared stackable
+        pass
+
+    snaps = [Snapshot({4}), Snapshot({4})]
+    jobs = [Job(0, mlp(0), 0, 0, 8, SCHEDULE, callbacks=[snaps[0]]), Job(1, mlp(1), 1, 0, 8, SCHEDULE, callbacks=snaps[1]),
+            Job(2, mlp(2), 2, 0, 8, SCHEDULE, callbacks=[Watcher()]), Job(3, mlp(3), 3, 0, 8, SCHEDULE, callbacks=None)]
+    seen = []
+    results = run_jobs(jobs, DATA, Train, stack=True, progress=lambda key, n: seen.append((key, n)))
+    assert sorted(calls, key=str) == [3, "alone"], "the Watcher's job alone, the other three stacked"
+    assert [r.steps for r in results] == [8] * 4
+    assert all(4 in s.weights for s in snaps)
+    assert sorted(seen) == sorted((k, n) for k in range(4) for n in range(1, 9))
+    assert Job(9, mlp(0), 0, 0, 1, SCHEDULE).callbacks == []
