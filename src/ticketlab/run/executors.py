@@ -117,14 +117,19 @@ def _ray_task(ref: tuple, keys: list, stack: bool, max_batch: int) -> dict:
     return execute(experiment_from(ref), keys, stack=stack, max_batch=max_batch)
 
 
+def require_ray():
+    try:
+        import ray
+    except ImportError:
+        raise UserError("--executor ray needs Ray: pip install 'ticketlab[ray]' (or pip install ray)") from None
+    return ray
+
+
 class RayCluster:
     name = "ray"
 
     def __init__(self, refs: dict, workers: int, address: str = ""):
-        try:
-            import ray
-        except ImportError:
-            raise UserError("--executor ray needs Ray: pip install 'ticketlab[ray]' (or pip install ray)") from None
+        ray = require_ray()
         self.ray, self.refs = ray, refs
         self.started = not ray.is_initialized()
         if self.started:

@@ -17,7 +17,7 @@ from ..errors import UserError
 from ..report.progress import Bars
 from ..results import Results
 from ..store import Run
-from .executors import Inline, LocalProcesses, RayCluster
+from .executors import Inline, LocalProcesses, RayCluster, require_ray
 from .graph import CycleError, Graph, Task
 from .plan import plan_parallelism
 from .work import Experiment, Report
@@ -74,9 +74,11 @@ def tasks_of(by_path: dict[str, Experiment]) -> list[Task]:
 
 
 def run_many(experiments: list[Experiment], *, out: str = "runs", force: bool = False,
-             progress: bool | None = None, on_report=None) -> list[Results]:
+             progress: bool | None = None) -> list[Results]:
     """Run (or resume) several experiments in one task graph; returns each one's tidy results."""
     out = str(Path(out).resolve())   # every worker (and Ray node) sees the same absolute path
+    if experiments[0].spec.train.executor == "ray":
+        require_ray()   # before the first folder is written
     flat = flatten(experiments)
     try:
         by_path = open_folders(flat, experiments, out, force)
@@ -85,11 +87,10 @@ def run_many(experiments: list[Experiment], *, out: str = "runs", force: bool = 
     graph = Graph(tasks_of(by_path))
     first = experiments[0]
     t = first.spec.train
-    exps = list(by_path.values())
     probe = first.probe()
     setup = first.setup
     total = sum(task.cost for task in graph.tasks.values())
-    limit = 1 if any(getattr(e, "stack_limit", 0) == 1 for e in exps) else t.max_batch
+    limit = 1 if any(e.stack_limit == 1 for e in by_path.values()) else t.max_batch
     parallel = plan_parallelism(probe, setup.device, width=graph.width(), total_steps=total, batch_size=t.batch_size,
                                 input_numel=math.prod(setup.data.input_shape), workers=t.workers, max_batch=limit)
     results: dict[str, dict] = {path: {} for path in by_path}
@@ -106,8 +107,6 @@ def run_many(experiments: list[Experiment], *, out: str = "runs", force: bool = 
     for path, exp in by_path.items():
         reports[path] = exp.report(results[path])
         write_report(exp.run, reports[path])
-        if on_report is not None:
-            on_report(exp, reports[path])
     return [Results(reports[path_of(exp)].rows) for exp in experiments]
 
 

@@ -48,6 +48,7 @@ class Experiment:
 
     name: ClassVar[str] = "experiment"
     metrics: ClassVar[tuple[str, ...]] = ("test_accuracy",)   # what a sweep plots
+    stack_limit: int = 0   # 1: its units never stack (an instrument watching one model), so nothing in its graph does
 
     def __init__(self, spec, setup):
         self.spec, self.setup = spec, setup
