@@ -23,3 +23,17 @@ def cli_env():
 @pytest.fixture
 def python():
     return sys.executable
+
+
+@pytest.fixture
+def run_cli(capsys):
+    """`ticketlab ARGV` in this process (no interpreter start, torch already imported): (exit code, stdout,
+    stderr). The real entry point in a subprocess is tested in test_cli.py."""
+    from ticketlab import cli
+
+    def run(*argv):
+        code = cli.main([str(a) for a in argv])
+        out, err = capsys.readouterr()
+        return code, out, err
+
+    return run

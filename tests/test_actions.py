@@ -137,6 +137,34 @@ def test_mask_zero_actions_fill_values():
         assert torch.equal(start[n], init[n])  # kept: rewound; pruned: frozen at init
 
 
+def test_freeze_init_zero_mask_on_a_hand_built_layer():
+    """0 where the weight shrank (|w_f| < |w_i|), else w_i: a weight whose magnitude stayed the same did not shrink."""
+    init = {"w": torch.tensor([1.0, -2.0, 3.0, -4.0, 0.5])}
+    final = {"w": torch.tensor([0.5, 2.0, -5.0, 2.0, -0.25])}
+    mask = Mask({"w": torch.tensor([True, False, False, False, False])})
+    assert mask_zero("freeze_init_zero_mask", init, final, mask)["w"].tolist() == [0.0, -2.0, 3.0, 0.0, 0.0]
+    with pytest.raises(ValueError, match="needs the final weights"):
+        mask_zero("freeze_init_zero_mask", init, None, mask)
+
+
+def test_signed_actions_give_a_zero_init_weight_no_sign_and_a_fully_pruned_layer_stays_zero():
+    """sign(0) = 0: a kept weight whose init is exactly 0 starts at 0 under every signed action; rescaling a
+    layer that keeps nothing leaves it all zero (numel / max(kept, 1), no 0 / 0)."""
+    init = {"a": torch.tensor([0.0, 2.0, -1.0, 3.0]), "b": torch.tensor([1.0, -1.0])}
+    mask = Mask({"a": torch.tensor([True, True, True, False]), "b": torch.tensor([False, False])}, ["a", "b"])
+    for action in ("signed_constant", "signed_reinit", "signed_reshuffle"):
+        for rescale in (False, True):
+            start = mask_one(action, init, mask, gen(), rescale=rescale)
+            assert start["a"][0] == 0.0 and start["a"][3] == 0.0, (action, rescale)
+            assert start["b"].tolist() == [0.0, 0.0], (action, rescale)
+            assert not torch.isnan(start["a"]).any()
+    # signed_constant by hand: sigma = population std of (0, 2, -1, 3) = sqrt(3.5 - 1) = sqrt(2.5); x 4/3 rescaled
+    sigma = 2.5 ** 0.5
+    assert mask_one("signed_constant", init, mask, gen())["a"].tolist() == pytest.approx([0.0, sigma, -sigma, 0.0])
+    assert mask_one("signed_constant", init, mask, gen(), rescale=True)["a"].tolist() == \
+        pytest.approx([0.0, 4 / 3 * sigma, -4 / 3 * sigma, 0.0])
+
+
 def test_unknown_actions_list_the_valid_names():
     init, mask = toy()
     with pytest.raises(UserError, match="unknown mask-1 action 'flip'; valid: constant, reinit"):

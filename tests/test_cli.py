@@ -67,6 +67,7 @@ def test_entry_point_bad_input_is_one_line_exit_2(python, cli_env, tmp_path):
     assert not (tmp_path / "runs").exists()
 
 
+@pytest.mark.heavy
 def test_lottery_then_show_in_every_format(python, cli_env, tmp_path):
     r = cli_run(python, cli_env, "lottery", *FAST, "--seeds", "0,1", "--out", str(tmp_path))
     assert r.returncode == 0, r.stderr
@@ -116,6 +117,23 @@ def fake_run_folder(tmp_path, experiment: str, rows: list[dict]) -> Path:
     return run.path
 
 
+def unfinished_run_folder(root: Path, experiment: str, done: dict[str, dict], half_written: dict[str, dict]) -> Path:
+    """A run folder as a killed run leaves it: no results.csv; finished units (files and manifest) and
+    half-written ones (result.json and weights on disk, no manifest yet)."""
+    from ticketlab import store
+
+    spec = specs.build(cli.EXPERIMENTS[experiment].spec_class(), {})
+    run = store.Run.open(root, spec)
+    for rel, row in done.items():
+        run.unit(*rel.split("/")).commit({"result.json": row, "weights.bin": b"weights"})
+    for rel, row in half_written.items():
+        folder = run.path / rel
+        folder.mkdir(parents=True)
+        (folder / "result.json").write_text(json.dumps(row))
+        (folder / "weights.bin").write_bytes(b"weig")
+    return run.path
+
+
 def test_help_parsing_errors_and_show_do_not_import_torch(python, cli_env, tmp_path):
     bad_toml = tmp_path / "bad.toml"
     bad_toml.write_text("levels = = 3\n")
@@ -125,6 +143,9 @@ def test_help_parsing_errors_and_show_do_not_import_torch(python, cli_env, tmp_p
                     for lv in (0, 1) for arm in (("ticket",) if lv == 0 else ("ticket", "random_prune")) for s in (0, 1)]
     lottery_dir = fake_run_folder(tmp_path, "lottery", lottery_rows)
     lca_dir = fake_run_folder(tmp_path, "lca", [{"seed": 0, "layer": "fc1", "lca": -0.25}])
+    unfinished_dir = unfinished_run_folder(tmp_path / "unfinished", "lottery", LOTTERY_DONE, LOTTERY_HALF)
+    sweep_file = tmp_path / "sweep.toml"
+    sweep_file.write_text('experiment = "lottery"\n[grid]\nwidth = [1, 2]\n')
     out = str(tmp_path / "runs-bad")
     cases = [
         (["--help"], 0, "show"),
@@ -150,6 +171,12 @@ def test_help_parsing_errors_and_show_do_not_import_torch(python, cli_env, tmp_p
         (["show", str(lottery_dir), "--format", "csv"], 0, "level,weights_remaining,arm,seed,test_accuracy"),
         (["show", str(lottery_dir), "--format", "json"], 0, '"arm": "ticket"'),
         (["show", str(lca_dir)], 0, "layer"),
+        (["show", str(unfinished_dir)], 0, "(unfinished run: finished units only)"),
+        (["show", str(unfinished_dir), "--format", "csv"], 0, "seed-0/level-01/ticket"),
+        (["sweep", "--help"], 0, "[grid]"),
+        (["sweep", str(tmp_path / "missing.toml")], 2, "does not exist"),
+        (["sweep", str(bad_toml)], 2, "not valid TOML"),
+        (["sweep", str(sweep_file), "--out", out], 2, "'width' is not a setting"),
     ]
     r = subprocess.run([python, "-c", TORCH_FREE, json.dumps([argv for argv, _, _ in cases])], env=cli_env,
                        capture_output=True, text=True, timeout=120)
@@ -174,6 +201,100 @@ def test_show_table_matches_the_experiment_table(capsys, tmp_path):
     assert code == 0 and err == ""
     assert out.splitlines() == lottery(rows)
     assert out.splitlines()[1].split()[:3] == ["0", "100.00%", "55.00"]
+
+
+# --------------------------------------------------------------------------------------- unfinished runs
+def lottery_row(level, seed, accuracy, arm="ticket"):
+    return {"level": level, "weights_remaining": 0.8 ** level, "arm": arm, "seed": seed, "test_accuracy": accuracy,
+            "test_loss": 1.0}
+
+
+LOTTERY_DONE = {"seed-0/level-00/ticket": lottery_row(0, 0, 0.61), "seed-0/level-01/ticket": lottery_row(1, 0, 0.43),
+                "seed-0/level-01/random_prune": lottery_row(1, 0, 0.37, "random_prune")}
+LOTTERY_HALF = {"seed-0/level-02/ticket": lottery_row(2, 0, 0.99)}
+
+
+def damage_results_csv(run_dir: Path, how: str) -> None:
+    from ticketlab import store
+
+    rows = [lottery_row(0, 0, 0.11)]   # what a complete report would say: never shown once damaged
+    if how == "missing":
+        return
+    if how == "truncated":
+        store.Unit(run_dir).write("results.csv", rows)
+        data = (run_dir / "results.csv").read_bytes()
+        (run_dir / "results.csv").write_bytes(data[: len(data) // 2])
+    elif how == "unlisted":   # on disk, but the run's manifest does not list it (written by a hand or a kill)
+        (run_dir / "results.csv").write_text(store.rows_to_csv(rows))
+    elif how == "run manifest corrupt":
+        store.Unit(run_dir).write("results.csv", rows)
+        (run_dir / "MANIFEST.json").write_text('{"format": 1, "compl')
+
+
+@pytest.mark.parametrize("how", ["missing", "truncated", "unlisted", "run manifest corrupt"])
+def test_show_an_unfinished_run_shows_finished_units_only_and_says_so(capsys, tmp_path, how):
+    run_dir = unfinished_run_folder(tmp_path, "lottery", LOTTERY_DONE, LOTTERY_HALF)
+    # a finished unit whose result file was cut short afterwards is not finished any more
+    seed1 = next(iter(unfinished_run_folder(tmp_path / "other", "lottery", {"seed-1/level-00/ticket": lottery_row(0, 1, 0.77)}, {}).glob("seed-1")))
+    seed1.rename(run_dir / "seed-1")
+    (run_dir / "seed-1" / "level-00" / "ticket" / "result.json").write_text('{"level": 0, "test_acc')
+    damage_results_csv(run_dir, how)
+
+    code, out, err = run_main(capsys, "show", str(run_dir))
+    assert code == 0 and err == "", err
+    lines = out.splitlines()
+    assert lines[-1] == "(unfinished run: finished units only)"
+    assert "99" not in out and "77" not in out and "11" not in out, "level 2 (no manifest), seed 1, the damaged report"
+    if how == "run manifest corrupt":   # spec.json cannot be trusted either: which table is unknown, plain columns
+        assert lines[0].split()[0] == "unit" and {line.split()[0] for line in lines[1:-1]} == set(LOTTERY_DONE)
+    else:
+        table = {line.split()[0]: line.split()[2:] for line in lines[1:-1]}
+        assert table == {"0": ["61.00%", "-"], "1": ["43.00%", "37.00%"]}, out
+
+    code, out, err = run_main(capsys, "show", str(run_dir), "--format", "csv")
+    assert code == 0 and "unfinished run: finished units only" in err and "Traceback" not in err
+    header, *rows = out.splitlines()
+    assert header.split(",")[0] == "unit"
+    assert sorted(r.split(",")[0] for r in rows) == sorted(LOTTERY_DONE)
+    code, out, err = run_main(capsys, "show", str(run_dir), "--format", "json")
+    assert code == 0 and "unfinished run" in err
+    assert {r["unit"]: r["test_accuracy"] for r in json.loads(out)} == {k: v["test_accuracy"] for k, v in LOTTERY_DONE.items()}
+
+
+def test_show_a_run_without_any_finished_unit_is_a_one_line_error(capsys, tmp_path):
+    run_dir = unfinished_run_folder(tmp_path, "lottery", {}, LOTTERY_HALF)
+    damage_results_csv(run_dir, "truncated")
+    one_line_error(*run_main(capsys, "show", str(run_dir)), "no finished results yet")
+
+
+def test_show_unfinished_runs_whose_units_lack_the_report_columns(capsys, tmp_path):
+    """A deconstruct unit's row does not say its criterion (its folder does) and a stability path's row holds
+    the whole path: the table falls back to plain columns named by unit, never a traceback."""
+    deconstruct = unfinished_run_folder(tmp_path, "deconstruct", {
+        "seed-0/level-00/dense": lottery_row(0, 0, 0.61),
+        "large_final/rewind/seed-0/level-01/ticket": lottery_row(1, 0, 0.43),
+        "large_final/rewind/seed-0/level-01/untrained-rewind": {"level": 1, "test_accuracy": 0.12, "weights_remaining": 0.8}},
+        {"random/rewind/seed-0/level-01/ticket": lottery_row(1, 0, 0.99)})
+    code, out, err = run_main(capsys, "show", str(deconstruct))
+    assert code == 0 and err == "", err
+    lines = out.splitlines()
+    assert lines[0].split()[0] == "unit" and lines[-1] == "(unfinished run: finished units only)"
+    shown = {line.split()[0]: line.split() for line in lines[1:-1]}
+    assert set(shown) == {"seed-0/level-00/dense", "large_final/rewind/seed-0/level-01/ticket",
+                          "large_final/rewind/seed-0/level-01/untrained-rewind"}
+    assert "0.43" in shown["large_final/rewind/seed-0/level-01/ticket"] and "0.99" not in out
+
+    stability = unfinished_run_folder(tmp_path, "stability", {
+        "seed-0/level-00/k-0/copy-0": {"test_accuracy": 0.5, "train_steps": 6},
+        "seed-0/level-00/k-0": {"seed": 0, "level": 0, "copy_step": 0, "error_barrier": 0.25,
+                                "path": [{"alpha": 0.0, "test_error": 0.5}, {"alpha": 1.0, "test_error": 0.5}]}}, {})
+    code, out, err = run_main(capsys, "show", str(stability))
+    assert code == 0 and err == "", err
+    header = out.splitlines()[0].split()
+    assert "error_barrier" in header and "path" not in header and "alpha" not in out
+    code, out, err = run_main(capsys, "show", str(stability), "--format", "json")
+    assert code == 0 and {r["unit"]: r.get("error_barrier") for r in json.loads(out)} == \
+        {"seed-0/level-00/k-0": 0.25, "seed-0/level-00/k-0/copy-0": None}
 
 
 def test_experiment_modules_reexport_the_torch_free_specs_and_tables():

@@ -645,6 +645,7 @@ def _no_download(*args, **kwargs):
     raise AssertionError("mnist1d.get_dataset (the download path) must not be called")
 
 
+@pytest.mark.heavy
 def test_mnist1d_generated_and_cached(mnist1d_dir):
     ds, again = mnist1d_dir["ds"], mnist1d_dir["again"]
     assert ds.name == "mnist1d" and ds.num_classes == 10 and ds.input_shape == (40,)

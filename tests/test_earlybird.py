@@ -199,6 +199,7 @@ def test_earlybird_without_batchnorm_uses_magnitude_masks(tmp_path):
     assert (folder / "tickets_by_epoch.png").read_bytes()[:4] == b"\x89PNG"
 
 
+@pytest.mark.heavy
 def test_earlybird_results_do_not_depend_on_workers(tmp_path):
     """Each seed's search and the tickets drawn from it are units: with two worker processes the seeds run
     side by side, with the same numbers (timings aside). Epochs past an early-stopped search draw nothing."""
@@ -235,15 +236,15 @@ MLP = ["--model", "mlp", "--widths", "8"]
     ([*MLP, "--eb-window", "1"], "--eb-window: must be >= 2"),
     (["--model", "resnet20"], "real channel pruning supports mnist1d_cnn_bn, vgg11_bn"),
 ])
-def test_cli_earlybird_bad_input(python, cli_env, tmp_path, args, message):
+def test_cli_earlybird_bad_input(run_cli, tmp_path, args, message):
     out = tmp_path / "runs"
-    r = subprocess.run([python, "-m", "ticketlab", "earlybird", *FAST, *args, "--out", str(out)], env=cli_env,
-                       capture_output=True, text=True, timeout=300)
-    assert r.returncode == 2 and r.stdout == ""
-    assert len(r.stderr.strip().splitlines()) == 1 and message in r.stderr, r.stderr
+    code, stdout, stderr = run_cli("earlybird", *FAST, *args, "--out", out)
+    assert code == 2 and stdout == ""
+    assert len(stderr.strip().splitlines()) == 1 and message in stderr, stderr
     assert not out.exists()
 
 
+@pytest.mark.heavy
 def test_cli_earlybird_smoke(python, cli_env, tmp_path):
     r = subprocess.run([python, "-m", "ticketlab", "earlybird", *FAST, *MLP, "--prune-ratios", "0.5", "--out", str(tmp_path)],
                        env=cli_env, capture_output=True, text=True, timeout=300)

@@ -35,6 +35,7 @@ def table(folder):
         return [{k: v for k, v in row.items() if k not in TIMING} for row in csv.DictReader(f)]
 
 
+@pytest.mark.heavy
 @pytest.mark.parametrize("experiment", sorted(CASES))
 def test_results_are_the_same_on_every_executor(tmp_path, experiment, local_ray):
     run = getattr(ticketlab, experiment)

@@ -208,6 +208,7 @@ FAST = ["--dataset", "synthetic", "--model", "mlp", "--widths", "8", "--steps", 
         "--eval-every", "3it", "--no-progress"]
 
 
+@pytest.mark.heavy
 def test_cli_lca_with_a_ticket_mask(python, cli_env, tmp_path):
     from ticketlab.io import save_tensors
 
@@ -230,21 +231,21 @@ def test_cli_lca_with_a_ticket_mask(python, cli_env, tmp_path):
     (["--lca-layer", "nope"], "--lca-layer 'nope': not a layer"),
     (["--mask", "/nonexistent/mask.safetensors"], "--mask"),
 ])
-def test_cli_lca_bad_input_is_one_line_exit_2_and_no_run_folder(python, cli_env, tmp_path, args, message):
+def test_cli_lca_bad_input_is_one_line_exit_2_and_no_run_folder(run_cli, tmp_path, args, message):
     out = tmp_path / "runs"
-    r = cli(python, cli_env, *FAST, *args, "--out", str(out))
-    assert r.returncode == 2 and r.stdout == ""
-    assert len(r.stderr.strip().splitlines()) == 1 and message in r.stderr, r.stderr
+    code, stdout, stderr = run_cli("lca", *FAST, *args, "--out", out)
+    assert code == 2 and stdout == ""
+    assert len(stderr.strip().splitlines()) == 1 and message in stderr, stderr
     assert not out.exists()
 
 
-def test_cli_lca_mask_of_another_model_is_refused(python, cli_env, tmp_path):
+def test_cli_lca_mask_of_another_model_is_refused(run_cli, tmp_path):
     from ticketlab.io import save_tensors
 
     mask_file = tmp_path / "mask.safetensors"
     save_tensors(mask_file, {"convs.0.weight": torch.ones(3, 3, dtype=torch.bool)})
-    r = cli(python, cli_env, *FAST, "--mask", str(mask_file), "--out", str(tmp_path / "runs"))
-    assert r.returncode == 2 and "not prunable weights of this model" in r.stderr
+    code, _, stderr = run_cli("lca", *FAST, "--mask", mask_file, "--out", tmp_path / "runs")
+    assert code == 2 and "not prunable weights of this model" in stderr
     assert not (tmp_path / "runs").exists()
 
 
@@ -294,6 +295,7 @@ def test_experiment_keeps_the_streamed_parameter_files(tmp_path):
     assert torch.allclose(rows[:, :16 * 256].sum(0).view(16, 256), totals["total.hidden.0.weight"], atol=1e-5)
 
 
+@pytest.mark.heavy
 def test_lca_results_do_not_depend_on_workers(tmp_path):
     """Each seed is its own unit: two worker processes train them side by side, with the same numbers."""
     import ticketlab

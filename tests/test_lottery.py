@@ -9,6 +9,7 @@ import torch
 
 import ticketlab
 from ticketlab import spec as specs
+from ticketlab.errors import UserError
 from ticketlab.experiments.lottery import LotterySpec, run
 from ticketlab.store import Unit
 
@@ -156,6 +157,50 @@ def test_a_corrupt_unit_is_recomputed_not_used(tmp_path):
     assert Unit(u.path).is_done()
 
 
+def test_python_api_applies_and_validates_overrides_of_a_spec(tmp_path):
+    """`ticketlab.lottery(spec, levels=2)`: the spec's settings, with the override on top (validated)."""
+    spec = small(levels=1, controls=(), widths=(12,), steps="20it")
+    res = ticketlab.lottery(spec, out=tmp_path, levels=2)
+    assert sorted(r["level"] for r in res) == [0, 1, 2], "levels=2 was applied"
+    assert spec.lottery.levels == 1, "the spec given is not changed"
+    (folder,) = tmp_path.glob("lottery-*")
+    record = json.loads((folder / "spec.json").read_text())
+    assert record["spec"]["lottery"]["levels"] == 2
+    assert record["non_default"]["widths"] == [12] and record["non_default"]["steps"] == "20it", "the rest is the spec's"
+    final = Unit(folder / "seed-0" / "level-02" / "ticket").read("final.safetensors")
+    assert final["hidden.0.weight"].shape == (12, 256)
+    remaining = [r["weights_remaining"] for r in sorted(res, key=lambda r: r["level"])]
+    assert remaining[0] == 1.0 and remaining[0] > remaining[1] > remaining[2] > 0.5
+    for bad, message in [({"levels": -1}, "levels: must be >= 0, got -1"),
+                         ({"levls": 2}, "unknown setting 'levls'"),
+                         ({"levels": "two"}, "levels: expected an integer"),
+                         ({"rewind": "20it"}, "is not before the end of training")]:
+        with pytest.raises(UserError, match=message):
+            ticketlab.lottery(spec, out=tmp_path / "bad", **bad)
+    assert not (tmp_path / "bad").exists(), "bad overrides write nothing"
+
+
+def test_a_corrupt_rewind_point_is_recomputed_not_used(tmp_path):
+    """w_k lives in the dense network's unit (level 0) as rewind.safetensors. Truncated after a run (and with a
+    later level gone, so the re-run must rewind again), level 0 is trained again, and the numbers and files are
+    those of the first run."""
+    spec = small(rewind="20it", levels=2, controls=("random_prune",))
+    first = run(spec, out=tmp_path)
+    dense = unit(tmp_path, spec, 0, 0, "ticket")
+    w_k = (dense.path / "rewind.safetensors").read_bytes()
+    level2 = unit(tmp_path, spec, 0, 2, "ticket")
+    start2 = (level2.path / "start.safetensors").read_bytes()
+    (dense.path / "rewind.safetensors").write_bytes(w_k[: len(w_k) // 2])
+    assert not Unit(dense.path).is_done()
+    import shutil
+    shutil.rmtree(level2.path)
+    second = run(spec, out=tmp_path)
+    strip = lambda rows: [{k: v for k, v in r.items() if k != "seconds"} for r in rows]
+    assert strip(second) == strip(first)
+    assert Unit(dense.path).is_done() and (dense.path / "rewind.safetensors").read_bytes() == w_k
+    assert (level2.path / "start.safetensors").read_bytes() == start2, "level 2 rewound to the recomputed w_k"
+
+
 KILL_SPEC = ["--dataset", "synthetic", "--model", "mlp", "--widths", "256,256", "--steps", "900it", "--batch-size", "60",
              "--eval-every", "100it", "--checkpoint-every", "50it", "--levels", "2", "--controls", "random_reinit",
              "--lr", "0.002", "--no-progress"]
@@ -166,6 +211,7 @@ def _cli(python, env, out, *extra):
                             env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
 
 
+@pytest.mark.heavy
 def test_sigkill_mid_level_then_resume_is_bit_identical(tmp_path, python, cli_env):
     ref = _cli(python, cli_env, tmp_path / "ref")
     assert ref.wait(timeout=300) == 0, ref.stderr.read().decode()

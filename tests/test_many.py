@@ -129,6 +129,7 @@ SMALL = dict(dataset="synthetic", model="mlp", widths=(32, 32), steps="60it", ba
              levels=2, lr=5e-3, seeds=(0, 1, 2))
 
 
+@pytest.mark.heavy
 def test_results_do_not_depend_on_workers_or_stacking(tmp_path):
     spec = specs.from_mapping(LotterySpec, SMALL)
     tables = {}
@@ -143,6 +144,7 @@ def test_results_do_not_depend_on_workers_or_stacking(tmp_path):
             assert abs(acc - ref[k][0]) <= 1e-4 and density == ref[k][1], (key, k)
 
 
+@pytest.mark.heavy
 def test_killed_parallel_stacked_run_resumes_identically(tmp_path, python, cli_env):
     args = ["--dataset", "synthetic", "--model", "mlp", "--widths", "256,256", "--steps", "500it", "--batch-size", "60",
             "--eval-every", "100it", "--checkpoint-every", "25it", "--levels", "1", "--seeds", "0,1,2,3",

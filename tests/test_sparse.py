@@ -30,6 +30,61 @@ def test_mask_ones_density_and_round_trip(tmp_path):
     assert all(t.dtype == torch.bool for t in back.tensors.values())
 
 
+def test_mask_layer_order_is_the_order_given_then_the_rest_sorted():
+    t = {n: torch.ones(2, dtype=torch.bool) for n in ("c", "a", "d", "b")}
+    assert list(Mask(t, order=["d", "b", "c", "a"])) == ["d", "b", "c", "a"]
+    assert list(Mask(t)) == ["a", "b", "c", "d"], "no order: sorted by name"
+    # names of the order that the mask lacks are skipped; layers the order lacks follow, sorted
+    assert list(Mask(t, order=["zz", "d", "b"])) == ["d", "b", "a", "c"]
+    assert list(Mask(t, order=[])) == ["a", "b", "c", "d"]
+    assert len(Mask(t, order=["d"])) == 4
+
+
+def test_mask_counts_on_a_hand_built_mask():
+    m = Mask({"w": torch.tensor([[1, 0, 1], [0, 0, 1]]), "v": torch.tensor([True, True])})
+    assert m.kept() == 5 and m.total() == 8 and m.density() == 5 / 8
+    assert m.layer_density() == {"v": 1.0, "w": 0.5}
+    assert m.report() == [{"layer": "v", "shape": [2], "kept": 2, "total": 2, "density": 1.0},
+                          {"layer": "w", "shape": [2, 3], "kept": 3, "total": 6, "density": 0.5}]
+    assert m["w"].dtype == torch.bool
+    assert Mask({}).density() == 0.0 and Mask({}).total() == 0
+    assert m.equal(Mask({"v": torch.tensor([1, 1]), "w": torch.tensor([[1, 0, 1], [0, 0, 1]])}))
+    assert not m.equal(Mask({"v": torch.tensor([1, 1]), "w": torch.tensor([[1, 0, 1], [0, 1, 1]])}))
+    assert not m.equal(Mask({"w": m["w"]}))
+
+
+def test_one_mask_applied_to_two_models_zeroes_each_models_own_weights():
+    """apply_ caches the model's weights: a second model must get its own, not the first one's."""
+    mask = Mask({"weight": torch.tensor([[True, False], [False, True]])},
+                fill=None)
+    first, second = torch.nn.Linear(2, 2), torch.nn.Linear(2, 2)
+    for net, value in ((first, 3.0), (second, 5.0)):
+        with torch.no_grad():
+            net.weight.fill_(value)
+    mask.apply_(first)
+    mask.apply_(second)
+    assert second.weight.tolist() == [[5.0, 0.0], [0.0, 5.0]]
+    assert first.weight.tolist() == [[3.0, 0.0], [0.0, 3.0]]
+    filled = Mask(mask.tensors, fill={"weight": torch.full((2, 2), -1.0)})
+    for net in (first, second):
+        with torch.no_grad():
+            net.weight.fill_(2.0)
+        filled.apply_(net)
+        assert net.weight.tolist() == [[2.0, -1.0], [-1.0, 2.0]]
+
+
+def test_mask_from_tensors_checks_names_and_shapes_against_the_model():
+    net = torch.nn.Linear(3, 2)
+    ok = {"weight": torch.ones(2, 3, dtype=torch.bool)}
+    assert Mask.from_tensors(ok, net).kept() == 6 and Mask.from_tensors(ok).kept() == 6
+    with pytest.raises(UserError, match="mask entry 'weight' \\(3, 2\\) does not match"):
+        Mask.from_tensors({"weight": torch.ones(3, 2, dtype=torch.bool)}, net)
+    with pytest.raises(UserError, match="mask entry 'fc.weight'"):
+        Mask.from_tensors({"fc.weight": torch.ones(2, 3, dtype=torch.bool)}, net)
+    with pytest.raises(UserError, match="mask fill for unknown layers nope"):
+        Mask(ok, fill={"nope": torch.zeros(2, 3)})
+
+
 def test_each_level_removes_round_fraction_of_remaining_to_within_one_weight():
     g = torch.Generator().manual_seed(0)
     model = lenet()
@@ -150,6 +205,20 @@ def test_sign_variants_prune_the_other_sign_first_and_keep_the_base_order(base):
         assert set(s.argsort(descending=True)[:2].tolist()) == first_kept
         # ... and among the right sign the base criterion's order holds
         assert s.argsort(descending=True)[:2].tolist() == [i for i in KEPT_ORDER[base] if i in first_kept]
+
+
+def test_percentile_ranks_on_hand_built_layers():
+    """large_init_large_final with w_i = w_f scores each weight by its percentile rank of |w| in its layer:
+    rank / (n - 1), so the smallest is 0 and the largest 1; equal magnitudes rank in the order of their
+    positions (a stable sort); a layer of one weight ranks it 0 (not 0 / 0)."""
+    def ranks(w):
+        return score("large_init_large_final", {"w": w}, {"w": w}, ["w"], torch.Generator())["w"].tolist()
+
+    assert ranks(torch.tensor([3.0, -1.0, 2.0, -5.0, 4.0])) == [0.5, 0.0, 0.25, 1.0, 0.75]
+    assert ranks(torch.tensor([2.0, -2.0, 1.0, 2.0, -2.0])) == [0.25, 0.5, 0.0, 0.75, 1.0]
+    ties = torch.ones(64)
+    assert ranks(ties) == pytest.approx([i / 63 for i in range(64)])
+    assert ranks(torch.tensor([7.0])) == [0.0]
 
 
 def test_criteria_names_are_every_base_with_its_two_sign_variants():

@@ -1,6 +1,7 @@
 """Linear mode connectivity: the path between two networks, the error barrier, and `ticketlab stability`."""
 
 import json
+import math
 import subprocess
 from pathlib import Path
 
@@ -8,49 +9,106 @@ import pytest
 import torch
 
 from ticketlab import spec as specs
-from ticketlab.experiments.common import Setup
 from ticketlab.experiments.stability import StabilitySpec, lottery_spec, run
 from ticketlab.instruments.interpolation import alphas, error_along_path, error_barrier, interpolate_state
 from ticketlab.store import Unit
-from ticketlab.train import fit
-from ticketlab.train.evaluate import evaluate
 
 SMALL = dict(dataset="synthetic", model="mlp", widths=(16,), steps="30it", batch_size=50, eval_every="30it", lr=1e-2)
-
-
-def trained_pair():
-    spec = specs.from_mapping(StabilitySpec, SMALL)
-    setup = Setup.prepare(spec)
-    states = []
-    for seed in (0, 1):
-        model = setup.build_model(seed)
-        fit(model, setup.data, spec.train, seed=seed, start=0, end=setup.total_steps, schedule=setup.schedule)
-        states.append({k: v.detach().clone() for k, v in model.state_dict().items()})
-    return setup, model, states
 
 
 def test_error_barrier_and_alphas():
     assert error_barrier([0.1, 0.3, 0.2]) == pytest.approx(0.15)
     assert error_barrier([0.2, 0.1, 0.2]) == pytest.approx(0.0)   # never below 0 when an end is the max
+    assert error_barrier([0.4, 0.5, 0.1]) == pytest.approx(0.25)  # the mean of the ends, not their min or max
     assert alphas(3) == [0.0, 0.5, 1.0] and len(alphas(30)) == 30
+    assert alphas(5) == [0.0, 0.25, 0.5, 0.75, 1.0]
+    with pytest.raises(ValueError, match="at least 2 points"):
+        alphas(1)
     a, b = {"w": torch.zeros(2), "n": torch.tensor(3)}, {"w": torch.ones(2), "n": torch.tensor(5)}
     mid = interpolate_state(a, b, 0.25)
     assert torch.equal(mid["w"], torch.full((2,), 0.25)) and int(mid["n"]) == 3
+    with pytest.raises(ValueError, match="differ in their tensors"):
+        interpolate_state(a, {"w": torch.ones(2)}, 0.5)
 
 
-def test_barrier_of_a_model_with_itself_is_zero_and_the_ends_are_the_two_models():
-    setup, model, (a, b) = trained_pair()
-    x, y = setup.data.test_x, setup.data.test_y
-    same = error_along_path(model, a, a, x, y, points=9)
-    assert error_barrier([r["test_error"] for r in same]) == 0.0
-    assert len({r["test_accuracy"] for r in same}) == 1
-    path = error_along_path(model, a, b, x, y, points=9)
-    for state, row in ((a, path[0]), (b, path[-1])):
-        model.load_state_dict(state)
-        loss, acc = evaluate(model, x, y)
-        assert row["test_accuracy"] == acc and row["test_loss"] == loss
-    # two independently initialised networks are not linearly connected: the barrier is large
-    assert error_barrier([r["test_error"] for r in path]) > 0.1
+# ------------------------------------------------------------------------------------ hand-built paths
+# Inputs are single numbers and the networks have two logits (class 0, class 1). Every expected value below
+# is counted by hand from the closed form of the path, not computed by the code under test.
+X = torch.tensor([[0.25], [0.75], [1.25], [1.75], [2.25], [-1.0]])
+Y = torch.tensor([1, 1, 1, 0, 1, 0])
+
+
+def linear(bias_1: float) -> dict:
+    """logit_0 = 0, logit_1 = x + bias_1: class 1 exactly where x > -bias_1."""
+    return {"weight": torch.tensor([[0.0], [1.0]]), "bias": torch.tensor([0.0, bias_1])}
+
+
+def test_error_along_the_path_between_two_linear_models_counted_by_hand():
+    """The ends predict class 1 for x > 0 and for x > 2; at alpha the bias is -2 alpha: class 1 for x > 2 alpha.
+    Points (x, label): (0.25, 1) (0.75, 1) (1.25, 1) (1.75, 0) (2.25, 1) (-1, 0).
+
+        alpha  threshold  predictions   wrong
+        0      0          1 1 1 1 1 0   x = 1.75                       1/6
+        0.25   0.5        0 1 1 1 1 0   x = 0.25, 1.75                 2/6
+        0.5    1          0 0 1 1 1 0   x = 0.25, 0.75, 1.75           3/6
+        0.75   1.5        0 0 0 1 1 0   x = 0.25, 0.75, 1.25, 1.75     4/6
+        1      2          0 0 0 0 1 0   x = 0.25, 0.75, 1.25           3/6
+
+    barrier = 4/6 - (1/6 + 3/6) / 2 = 2/6."""
+    model = torch.nn.Linear(1, 2)
+    path = error_along_path(model, linear(0.0), linear(-2.0), X, Y, points=5)
+    assert [r["alpha"] for r in path] == [0.0, 0.25, 0.5, 0.75, 1.0]
+    assert [round(6 * r["test_error"]) for r in path] == [1, 2, 3, 4, 3]
+    assert [round(6 * r["test_accuracy"]) for r in path] == [5, 4, 3, 2, 3]
+    assert error_barrier([r["test_error"] for r in path]) == pytest.approx(2 / 6)
+    # the loss has a closed form too: cross-entropy of logits (0, z), z = x - 2 alpha, is log(1 + e^z) - [y = 1] z
+    for r in path:
+        z = [float(x) - 2 * r["alpha"] for x in X[:, 0]]
+        expected = sum(math.log1p(math.exp(zi)) - (zi if int(yi) == 1 else 0.0) for zi, yi in zip(z, Y)) / len(z)
+        assert r["test_loss"] == pytest.approx(expected, rel=1e-5)
+    # evaluated in batches of 4 (a batch and a part): the same errors and, to rounding, losses
+    batched = error_along_path(model, linear(0.0), linear(-2.0), X, Y, points=5, batch_size=4)
+    assert [r["test_error"] for r in batched] == [r["test_error"] for r in path]
+    assert [r["test_loss"] for r in batched] == pytest.approx([r["test_loss"] for r in path], rel=1e-6)
+    # `model` is overwritten along the way: it ends as the second network
+    assert torch.equal(model.bias.detach(), torch.tensor([0.0, -2.0]))
+
+
+def relu_net() -> torch.nn.Module:
+    return torch.nn.Sequential(torch.nn.Linear(1, 2), torch.nn.ReLU(), torch.nn.Linear(2, 2))
+
+
+def relu_state(swapped: bool) -> dict:
+    """Hidden units relu(x) and relu(-x) (swapped: the same units in the other order); logit_1 = h_1 + h_2 - 1/2,
+    logit_0 = 0. Both orders compute the same function: class 1 exactly where |x| > 1/2."""
+    first = torch.tensor([[-1.0], [1.0]]) if swapped else torch.tensor([[1.0], [-1.0]])
+    return {"0.weight": first, "0.bias": torch.zeros(2),
+            "2.weight": torch.tensor([[0.0, 0.0], [1.0, 1.0]]), "2.bias": torch.tensor([0.0, -0.5])}
+
+
+def test_a_network_and_its_permuted_copy_have_the_barrier_of_the_closed_form():
+    """Between a network and its hidden-unit permutation the first layer is (1 - 2 alpha) (1, -1), so
+    h_1 + h_2 = |1 - 2 alpha| |x| and class 1 needs |x| |1 - 2 alpha| > 1/2: at the midpoint every input is
+    class 0. Points: -3, -0.8, 0.8, 3 (class 1) and -0.25, 0.25 (class 0).
+
+        alpha  |1 - 2 alpha|   class-1 points wrong (|x| |1 - 2 alpha| <= 1/2)
+        0      1               none                0/6
+        0.25   0.5             x = -0.8, 0.8       2/6
+        0.5    0               all four            4/6
+        0.75   0.5             x = -0.8, 0.8       2/6
+        1      1               none                0/6"""
+    x = torch.tensor([[-3.0], [-0.8], [-0.25], [0.25], [0.8], [3.0]])
+    y = torch.tensor([1, 1, 0, 0, 1, 1])
+    path = error_along_path(relu_net(), relu_state(False), relu_state(True), x, y, points=5)
+    assert [round(6 * r["test_error"]) for r in path] == [0, 2, 4, 2, 0]
+    assert error_barrier([r["test_error"] for r in path]) == pytest.approx(4 / 6)
+    # a network and itself: the same function all along the path, no barrier
+    same = error_along_path(relu_net(), relu_state(False), relu_state(False), x, y, points=5)
+    assert [r["test_error"] for r in same] == [0.0] * 5
+    # more points: the error at alpha is the share of class-1 points with |x| |1 - 2 alpha| <= 1/2
+    fine = error_along_path(relu_net(), relu_state(False), relu_state(True), x, y, points=9)
+    by_hand = [sum(1 for xi in (3.0, 0.8, 0.8, 3.0) if xi * abs(1 - 2 * a) <= 0.5) / 6 for a in alphas(9)]
+    assert [r["test_error"] for r in fine] == pytest.approx(by_hand)
 
 
 def test_stability_experiment_dense_and_ticket(tmp_path):
@@ -63,7 +121,10 @@ def test_stability_experiment_dense_and_ticket(tmp_path):
         a = Unit(folder / "seed-0" / f"level-{r['level']:02d}" / f"k-{r['copy_step']}" / "copy-0").read("final.safetensors")
         b = Unit(folder / "seed-0" / f"level-{r['level']:02d}" / f"k-{r['copy_step']}" / "copy-1").read("final.safetensors")
         assert not torch.equal(a["hidden.0.weight"], b["hidden.0.weight"]), "the copies see different data orders"
-        assert r["error_barrier"] >= 0
+        # the ends of the path are the two trained copies: their accuracy is what each copy's own training measured
+        for c in (0, 1):
+            copy = Unit(folder / "seed-0" / f"level-{r['level']:02d}" / f"k-{r['copy_step']}" / f"copy-{c}")
+            assert r[f"copy_{c}_accuracy"] == copy.read("result.json")["test_accuracy"]
     # the ticket is the lottery experiment's level-1 ticket rewound to k, and both copies keep its mask
     lot = lottery_spec(spec, "10it", 1)
     ticket = Unit(tmp_path / f"lottery-{specs.spec_hash(lot)}" / "seed-0" / "level-01" / "ticket")
@@ -85,6 +146,7 @@ def test_stability_experiment_dense_and_ticket(tmp_path):
     assert (folder / "seed-0" / "level-00" / "k-0" / "copy-0" / "final.safetensors").stat().st_mtime_ns == mtime
 
 
+@pytest.mark.heavy
 def test_stability_results_do_not_depend_on_workers(tmp_path):
     """Parents, copies, paths and the lottery runs' tickets are units of one task graph: with two worker
     processes they run side by side, with the same numbers."""
@@ -110,6 +172,7 @@ def cli(python, env, *args):
     return subprocess.run([python, "-m", "ticketlab", "stability", *args], env=env, capture_output=True, text=True, timeout=300)
 
 
+@pytest.mark.heavy
 def test_cli_stability_smoke(python, cli_env, tmp_path):
     r = cli(python, cli_env, *FAST, "--copy-steps", "0it,2it", "--interpolation-points", "4", "--out", str(tmp_path))
     assert r.returncode == 0, r.stderr
@@ -124,11 +187,11 @@ def test_cli_stability_smoke(python, cli_env, tmp_path):
     (["--interpolation-points", "1"], "--interpolation-points: must be >= 2"),
     (["--ticket-levels", "-1"], "--ticket-levels"),
 ])
-def test_cli_stability_bad_input(python, cli_env, tmp_path, args, message):
+def test_cli_stability_bad_input(run_cli, tmp_path, args, message):
     out = tmp_path / "runs"
-    r = cli(python, cli_env, *FAST, *args, "--out", str(out))
-    assert r.returncode == 2 and r.stdout == ""
-    assert len(r.stderr.strip().splitlines()) == 1 and message in r.stderr, r.stderr
+    code, stdout, stderr = run_cli("stability", *FAST, *args, "--out", out)
+    assert code == 2 and stdout == ""
+    assert len(stderr.strip().splitlines()) == 1 and message in stderr, stderr
     assert not out.exists()
 
 

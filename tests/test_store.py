@@ -111,3 +111,91 @@ def test_a_run_folder_made_under_other_defaults_is_not_reused(tmp_path):
     record["spec"]["train"]["lr"] = spec.train.lr
     run.write("spec.json", record)
     Run.open(tmp_path, spec)
+
+
+def test_encodings_are_byte_for_byte_what_the_formats_say():
+    from ticketlab.store import encode, rows_to_csv
+
+    # jsonl: one object per line, keys sorted (files of a resumed run must equal an uninterrupted run's byte for byte)
+    assert encode("m.jsonl", [{"b": 1, "a": 2}, {"c": None}]) == b'{"a": 2, "b": 1}\n{"c": null}\n'
+    # csv: the union of the rows' columns in order of first appearance; missing cells empty
+    assert rows_to_csv([{"a": 1}, {"b": 2, "a": 3}, {"c": "x"}]) == "a,b,c\n1,,\n3,2,\n,,x\n"
+    assert encode("r.csv", [{"a": 1, "b": 0.5}]) == b"a,b\n1,0.5\n"
+    assert encode("notes.txt", "hello") == b"hello" and encode("blob.bin", b"\x00\x01") == b"\x00\x01"
+
+
+def test_a_unit_with_a_listed_file_missing_is_not_done(tmp_path):
+    u = Unit(tmp_path / "u")
+    u.commit({"a.json": {"x": 1}, "b.json": {"y": 2}})
+    (u.path / "b.json").unlink()
+    assert not Unit(u.path).is_done()
+    with pytest.raises(CorruptFile, match="cannot read"):
+        Unit(u.path).read("b.json")
+    with pytest.raises(CorruptFile, match="not listed"):
+        Unit(u.path).read("c.json")
+
+
+def test_commit_again_replaces_the_files_keeps_sub_folders_and_clears_the_checkpoint(tmp_path):
+    u = Unit(tmp_path / "u")
+    u.commit({"a.json": {"v": 1}, "stale.json": {"v": 0}})
+    (u.path / "parameters").mkdir()
+    (u.path / "parameters" / "chunk-0.bin").write_bytes(b"streamed while training")
+    u.save_checkpoint({"w": torch.zeros(2)}, {"step": 3})
+    u.commit({"a.json": {"v": 2}})
+    names = sorted(p.name for p in u.path.iterdir())
+    assert names == ["MANIFEST.json", "a.json", "parameters"], "stale.json and the checkpoint are gone"
+    assert (u.path / "parameters" / "chunk-0.bin").read_bytes() == b"streamed while training"
+    fresh = Unit(u.path)
+    assert fresh.is_done() and fresh.read("a.json") == {"v": 2} and set(fresh.manifest()["files"]) == {"a.json"}
+    # clear=False keeps what is there (the checkpoint too)
+    u.save_checkpoint({"w": torch.zeros(2)}, {"step": 4})
+    u.commit({"b.json": {"v": 3}}, clear=False)
+    assert (u.path / "a.json").exists() and u.load_checkpoint()[1]["step"] == 4
+
+
+def test_an_open_ended_unit_is_never_done(tmp_path):
+    """`write` adds files one by one (a run folder's summaries): readable and verified, but not a finished unit."""
+    u = Unit(tmp_path / "run")
+    u.write("summary.json", {"n": 1})
+    u.write("results.csv", [{"a": 1}])
+    assert u.read("summary.json") == {"n": 1} and u.read("results.csv") == [{"a": "1"}]
+    assert not Unit(u.path).is_done() and Unit(u.path).manifest()["complete"] is False
+
+
+def test_run_folders_are_made_under_a_new_nested_out_and_show_needs_spec_json(tmp_path):
+    from ticketlab.store import open_existing
+
+    spec = specs.from_mapping(LotterySpec, {"levels": 2})
+    run = Run.open(tmp_path / "new" / "deeper" / "runs", spec)
+    assert (run.path / "spec.json").is_file()
+    assert open_existing(run.path).path == run.path
+    with pytest.raises(UserError, match="not a ticketlab run folder"):
+        open_existing(tmp_path / "new")
+
+
+def test_an_edit_that_keeps_the_size_is_caught_by_the_hash(tmp_path):
+    u = Unit(tmp_path / "u")
+    u.commit({"r.json": {"acc": 0.51}})
+    (u.path / "r.json").write_text((u.path / "r.json").read_text().replace("0.51", "0.99"))
+    assert not Unit(u.path).is_done()
+    with pytest.raises(CorruptFile, match="SHA-256"):
+        Unit(u.path).read("r.json")
+
+
+@pytest.mark.parametrize("manifest", ['[]', '{"complete": true, "files": "r.json"}', '{"complete": true}', '"done"'])
+def test_a_malformed_manifest_means_not_done_never_a_crash(tmp_path, manifest):
+    u = Unit(tmp_path / "u")
+    u.commit({"r.json": {"acc": 0.5}})
+    (u.path / "MANIFEST.json").write_text(manifest)
+    fresh = Unit(u.path)
+    assert fresh.manifest() is None and not fresh.is_done()
+    with pytest.raises(CorruptFile, match="not listed"):
+        fresh.read("r.json")
+
+
+def test_a_removed_unit_is_not_done_even_to_the_object_that_verified_it(tmp_path):
+    u = Unit(tmp_path / "u")
+    u.commit({"r.json": {}})
+    assert u.is_done()
+    u.remove()
+    assert not u.path.exists() and not u.is_done()

@@ -168,6 +168,7 @@ def cli(python, env, *args):
     return subprocess.run([python, "-m", "ticketlab", *args], env=env, capture_output=True, text=True, timeout=300)
 
 
+@pytest.mark.heavy
 def test_cli_supermask_runs_and_resumes(python, cli_env, tmp_path):
     r = cli(python, cli_env, "supermask", *FAST, "--method", "edge-popup", "--kept", "0.3", "--seeds", "0,1", "--out", str(tmp_path))
     assert r.returncode == 0, r.stderr

@@ -49,6 +49,7 @@ def sweep_folder(out):
     return folder
 
 
+@pytest.mark.heavy
 def test_sweep_runs_every_point_and_tabulates_them_with_axis_columns(tmp_path, capsys):
     file = write(tmp_path, SWEEP.format(steps="40it", checkpoint="0it"))
     out = tmp_path / "out"
@@ -74,6 +75,7 @@ def test_sweep_runs_every_point_and_tabulates_them_with_axis_columns(tmp_path, c
     assert "prune_fraction" in capsys.readouterr().out
 
 
+@pytest.mark.heavy
 def test_adding_an_axis_value_reuses_the_finished_points(tmp_path):
     out = tmp_path / "out"
     small = SWEEP.format(steps="40it", checkpoint="0it").replace("prune_fraction = [0.2, 0.5]", "prune_fraction = [0.2]")
@@ -122,6 +124,7 @@ def _run_sweep(file, out, *extra):
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
 
 
+@pytest.mark.heavy
 def test_a_killed_sweep_resumes_with_only_what_is_missing(tmp_path):
     file = write(tmp_path, SWEEP.format(steps="400it", checkpoint="50it"))
     reference = tmp_path / "reference"
@@ -159,6 +162,7 @@ def _ray_task_pids(root_pid):
     return [pid for pid, text in title.items() if "ray::_ray_task" in text and descends(pid)]
 
 
+@pytest.mark.heavy
 def test_a_ray_worker_killed_mid_unit_is_retried_and_changes_nothing(tmp_path):
     file = write(tmp_path, SWEEP.format(steps="1500it", checkpoint="100it"))
     reference = tmp_path / "reference"

@@ -12,6 +12,7 @@ from ticketlab.train import Callback, OnStep, Schedule, Snapshot, fit
 from ticketlab.train import jobs as jobs_module
 from ticketlab.train.fit import Checkpoints
 from ticketlab.train.jobs import Job, run_jobs
+from ticketlab.train.loop import train_loop
 from ticketlab.train.stacked import fit_stacked
 
 
@@ -150,6 +151,188 @@ def test_callback_state_travels_in_checkpoints_with_one_or_several_callbacks(tmp
     x, y = Counter("x"), Counter("y")
     fit(mlp(0), DATA, Train, seed=0, start=0, end=20, schedule=SCHEDULE, checkpoints=Checkpoints(two, 5), callbacks=[x, y])
     assert int(x.steps) == int(y.steps) == 20, "resumed at 10 with the state of 10 steps, then 10 more"
+
+
+# ------------------------------------------------------------------------- the loop with a scripted stepper
+class Scripted:
+    """A stepper without a network, whose numbers are known in advance: model k's training loss at step s is
+    s + 10 k (plus `noise` x a draw from torch's global RNG, as dropout would use it). It logs the loop's calls."""
+
+    def __init__(self, k: int = 1, noise: float = 0.0):
+        self.models = [torch.nn.Linear(1, 1) for _ in range(k)]   # what callbacks see
+        self.device = torch.device("cpu")
+        self.noise = noise
+        self.calls: list[tuple] = []
+        self.trained = torch.zeros(k, dtype=torch.float64)   # the "weights": the sum of the rates stepped with
+
+    def train_mode(self):
+        self.calls.append(("train_mode",))
+
+    def forward_backward(self, step):
+        k = len(self.models)
+        loss = torch.tensor([step + 10.0 * i for i in range(k)], dtype=torch.float64)
+        return loss + self.noise * torch.rand(k, dtype=torch.float64) if self.noise else loss
+
+    def update(self, step, lr):
+        self.calls.append(("update", step, lr))
+        self.trained += lr
+
+    def evaluate(self, step, lr):
+        self.calls.append(("evaluate", step, lr))
+        return [{"step": step, "test_loss": 100.0 - step - i, "test_accuracy": step / 100 + i / 1000, "lr": lr}
+                for i in range(len(self.models))]
+
+    def state(self):
+        return [({"trained": self.trained[i:i + 1].clone()}, {"model": i}) for i in range(len(self.models))]
+
+    def load_state(self, states):
+        self.calls.append(("load_state", [meta for _, meta in states]))
+        self.trained = torch.cat([t["trained"] for t, _ in states])
+
+    def close(self):
+        self.calls.append(("close",))
+
+
+def rate(step):
+    return step + 0.5
+
+
+def scripted_run(stepper, *, start=0, end=7, eval_every=3, checkpoints=None, callbacks=None, rng_seed=None):
+    k = len(stepper.models)
+    return train_loop(stepper, callbacks or [[] for _ in range(k)], start=start, end=end, schedule=rate,
+                      eval_every=eval_every, checkpoints=checkpoints or [Checkpoints() for _ in range(k)], rng_seed=rng_seed)
+
+
+def test_the_loop_evaluates_averages_the_train_loss_and_steps_with_the_schedule():
+    """Two models, [0, 7), eval every 3: evaluations at 0, 3, 6 and 7 (the end). train_loss is the mean of the
+    losses since the previous evaluation (model 0: steps 0-2 -> 1, 3-5 -> 4, 6 -> 6; model 1: 10 more); each
+    evaluation is told the rate of the last step taken (at the start: the first step's)."""
+    stepper = Scripted(k=2)
+    results = scripted_run(stepper)
+    for i, result in enumerate(results):
+        assert [r["step"] for r in result.metrics] == [0, 3, 6, 7]
+        assert [r["train_loss"] for r in result.metrics] == [None, 1.0 + 10 * i, 4.0 + 10 * i, 6.0 + 10 * i]
+        assert [r["lr"] for r in result.metrics] == [0.5, 2.5, 5.5, 6.5]
+        assert result.steps == 7 and result.final_loss == 93.0 - i and result.final_accuracy == 0.07 + i / 1000
+        assert result.best_step == 7 and result.early_stop_step == 7
+    assert [c for c in stepper.calls if c[0] == "update"] == [("update", s, s + 0.5) for s in range(7)]
+    assert stepper.calls[0] == ("evaluate", 0, 0.5) and stepper.calls[1] == ("train_mode",)
+    assert stepper.calls[-1] == ("close",)
+    assert torch.equal(stepper.trained, torch.full((2,), sum(s + 0.5 for s in range(7)), dtype=torch.float64))
+
+
+def test_the_loop_from_a_later_start_and_with_eval_every_zero():
+    """Started at 4 (a later level's window), the first evaluation is at 4 with the rate of step 4; eval_every 0
+    means every step."""
+    stepper = Scripted()
+    (result,) = scripted_run(stepper, start=4, end=7, eval_every=0)
+    assert [(r["step"], r["lr"], r["train_loss"]) for r in result.metrics] == [(4, 4.5, None), (5, 4.5, 4.0), (6, 5.5, 5.0),
+                                                                               (7, 6.5, 6.0)]
+    assert result.steps == 3
+
+
+def test_the_loop_resumes_its_counters_running_loss_and_global_rng_exactly(tmp_path):
+    """A stepper that draws from torch's global RNG (as dropout does), killed at step 5 with a checkpoint at 4 (one
+    step after the evaluation at 3, so the running loss holds one step): resumed, every number equals the
+    uninterrupted run's."""
+    whole = scripted_run(Scripted(noise=1.0), end=8, rng_seed=7)[0].metrics
+    unit = Unit(tmp_path / "u")
+
+    class Kill:
+        def after_step(self, step, model):
+            if step == 5:
+                raise Stop
+
+    with pytest.raises(Stop):
+        scripted_run(Scripted(noise=1.0), end=8, rng_seed=7, checkpoints=[Checkpoints(unit, 2)], callbacks=[[Kill()]])
+    tensors, state = unit.load_checkpoint()
+    assert state["step"] == 4 and state["count"] == 1 and len(state["metrics"]) == 2
+    torch.manual_seed(12345)   # whatever the RNG holds now, the checkpoint's state is restored
+    stepper = Scripted(noise=1.0)
+    resumed = scripted_run(stepper, end=8, rng_seed=7, checkpoints=[Checkpoints(unit, 2)])[0].metrics
+    assert resumed == whole
+    assert stepper.calls[0] == ("load_state", [{"model": 0}]), "the stepper gets its own state back"
+    assert [c[1] for c in stepper.calls if c[0] == "update"] == [4, 5, 6, 7]
+    assert float(stepper.trained[0]) == sum(s + 0.5 for s in range(8))
+
+
+def test_no_checkpoint_is_saved_at_the_last_step_and_models_must_resume_together(tmp_path):
+    a, b = Unit(tmp_path / "a"), Unit(tmp_path / "b")
+    scripted_run(Scripted(), end=8, checkpoints=[Checkpoints(a, 2)])
+    assert a.load_checkpoint()[1]["step"] == 6, "saved at 2, 4, 6; at 8 the unit's files are written instead"
+    with pytest.raises(ValueError, match="resume from the same step"):   # one model has a checkpoint, one has none
+        scripted_run(Scripted(k=2), end=8, checkpoints=[Checkpoints(a, 2), Checkpoints(b, 2)])
+    b.save_checkpoint({"trained": torch.zeros(1), "running_loss": torch.zeros((), dtype=torch.float64)},
+                      {"step": 4, "count": 0, "metrics": [], "optimizer": {}})
+    with pytest.raises(ValueError, match="resume from the same step"):   # both have one, at different steps
+        scripted_run(Scripted(k=2), end=8, checkpoints=[Checkpoints(a, 2), Checkpoints(b, 2)])
+    # the first model that has a unit keeps the clock for all: here the second
+    c = Unit(tmp_path / "c")
+    scripted_run(Scripted(k=2), end=8, checkpoints=[Checkpoints(), Checkpoints(c, 2)])
+    assert c.load_checkpoint()[1]["step"] == 6
+    with pytest.raises(ValueError, match="2 models, 1 callback lists"):
+        train_loop(Scripted(k=2), [[]], start=0, end=1, schedule=rate, eval_every=1, checkpoints=[Checkpoints()] * 2)
+
+
+# ------------------------------------------------------------------------------------ time-based checkpoints
+class Clock:
+    """A stand-in for the `time` module of train/checkpoint.py: the time is whatever the test sets."""
+
+    def __init__(self, now: float = 1000.0):
+        self.now = now
+
+    def monotonic(self) -> float:
+        return self.now
+
+
+def test_time_based_checkpoints_are_due_at_an_evaluation_once_the_interval_has_passed(tmp_path, monkeypatch):
+    from ticketlab.train import checkpoint as checkpoint_module
+
+    clock = Clock()
+    monkeypatch.setattr(checkpoint_module, "time", clock)
+    seconds = checkpoint_module.CHECKPOINT_SECONDS
+    assert seconds > 1
+    ck = Checkpoints(Unit(tmp_path / "u"), every=0)
+    assert not ck.due(5, at_eval=True), "no time has passed since the start"
+    clock.now += seconds - 1
+    assert not ck.due(5, at_eval=True)
+    clock.now += 1
+    assert not ck.due(7, at_eval=False), "time alone is not enough: only at an evaluation"
+    assert ck.due(7, at_eval=True), "exactly the interval after the start"
+    clock.now += 1000
+    ck.save({"w": torch.zeros(1)}, {"step": 7})
+    assert not ck.due(8, at_eval=True), "the interval starts again at the last save"
+    clock.now += seconds
+    assert ck.due(9, at_eval=True)
+    # without a unit nothing is due; with `every` the step alone decides, whatever the clock says
+    assert not Checkpoints(None, every=0).due(9, at_eval=True)
+    assert not Checkpoints(None, every=3).due(9, at_eval=True)
+    by_step = Checkpoints(Unit(tmp_path / "v"), every=3)
+    assert by_step.due(9, at_eval=False) and not by_step.due(10, at_eval=True) and not by_step.due(11, at_eval=False)
+
+
+@pytest.mark.parametrize("seconds_per_step, saved_at", [(0.0, None), (1.0, 10), (3.0, 15)])
+def test_fit_saves_time_based_checkpoints_only_at_evaluations(tmp_path, monkeypatch, seconds_per_step, saved_at):
+    """eval_every 5 on [0, 20), killed at step 18, clock = step x seconds_per_step, interval 10 s: a frozen clock
+    never saves; 1 s a step saves at the evaluation of step 10; 3 s a step saves at 5, 10 and 15 (not at step 4,
+    12 s in, which is no evaluation). Resumed, the run ends with the weights of an uninterrupted one."""
+    from ticketlab.train import checkpoint as checkpoint_module
+
+    clock = Clock(0.0)
+    monkeypatch.setattr(checkpoint_module, "time", clock)
+    monkeypatch.setattr(checkpoint_module, "CHECKPOINT_SECONDS", 10.0)
+    tick = OnStep(lambda step, model: setattr(clock, "now", step * seconds_per_step))
+    unit = Unit(tmp_path / "u")
+    with pytest.raises(Stop):
+        fit(mlp(0), DATA, Train, seed=0, start=0, end=20, schedule=SCHEDULE, checkpoints=Checkpoints(unit, 0),
+            callbacks=[tick, kill_at(18)])
+    loaded = unit.load_checkpoint()
+    assert (loaded and loaded[1]["step"]) == saved_at
+    resumed = mlp(0)
+    fit(resumed, DATA, Train, seed=0, start=0, end=20, schedule=SCHEDULE, checkpoints=Checkpoints(unit, 0), callbacks=[tick])
+    whole = mlp(0)
+    fit(whole, DATA, Train, seed=0, start=0, end=20, schedule=SCHEDULE)
+    assert equal_states(state(resumed), state(whole))
 
 
 # ------------------------------------------------------------------------------------------------ Snapshot

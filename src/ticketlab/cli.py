@@ -127,11 +127,17 @@ def show(run_dir: str, fmt: str) -> None:
         rows = run.read("results.csv")
         partial = False
     except CorruptFile:
+        # an unfinished (or half-written) run: the rows of its finished units, each named by its folder (a
+        # unit's own row may lack what names it in the report, e.g. deconstruct's criterion)
         rows, partial = [], True
         for f in sorted(Path(run_dir).rglob("result.json")):
             unit = store.Unit(f.parent)
-            if unit.is_done():
-                rows.append(unit.read("result.json"))
+            try:
+                row = unit.read("result.json") if unit.is_done() else None
+            except CorruptFile:
+                row = None
+            if isinstance(row, dict):
+                rows.append({"unit": f.parent.relative_to(run_dir).as_posix(), **row})
         if not rows:
             raise UserError(f"{run_dir}: no finished results yet (results.csv missing or corrupt, no finished units)")
     rows = [_typed(r) for r in rows]
@@ -140,17 +146,33 @@ def show(run_dir: str, fmt: str) -> None:
     elif fmt == "json":
         print(json.dumps(rows, indent=2))
     else:
-        table = TABLES.get(run.read("spec.json").get("experiment"))
-        print("\n".join(table(rows)) if table else _aligned(rows))
-    if partial and fmt == "table":
-        print("(unfinished run: finished units only)")
+        try:
+            experiment = run.read("spec.json").get("experiment")
+        except (CorruptFile, AttributeError):
+            experiment = None
+        table = TABLES.get(experiment)
+        lines = None
+        if table:
+            try:
+                lines = table(rows)
+            except (KeyError, TypeError, ValueError):
+                if not partial:
+                    raise
+                lines = None   # units' rows lack columns the experiment's table needs: plain columns instead
+        print("\n".join(lines) if lines is not None else _aligned(rows))
+    if partial:
+        note = "(unfinished run: finished units only)"
+        if fmt == "table":
+            print(note)
+        else:   # csv and json stay machine-readable
+            print(f"ticketlab: {note}", file=sys.stderr)
 
 
 def _aligned(rows: list[dict]) -> str:
     """Any tidy table as aligned text columns (numbers to 4 significant digits)."""
     from .results import Results
 
-    columns = Results(rows).columns
+    columns = [c for c in Results(rows).columns if not any(isinstance(r.get(c), (list, dict)) for r in rows)]
     cell = lambda v: f"{v:.4g}" if isinstance(v, float) else ("" if v is None else str(v))
     table = [columns] + [[cell(r.get(c)) for c in columns] for r in rows]
     widths = [max(len(line[i]) for line in table) for i in range(len(columns))]

@@ -19,19 +19,40 @@ from .work import Experiment
 _EXPERIMENTS: dict[tuple, Experiment] = {}
 
 
-def experiment_from(ref: tuple) -> Experiment:
-    """This process's instance of the experiment `ref` = (class, spec, out), built once and kept."""
+def _cache_key(ref: tuple) -> tuple:
     from ..spec import spec_hash
-    from ..store import Run
 
     cls, spec, out = ref
-    cache_key = (cls.__module__, cls.__qualname__, spec_hash(spec), repr(spec), out)
+    return (cls.__module__, cls.__qualname__, spec_hash(spec), repr(spec), out)
+
+
+def experiment_from(ref: tuple) -> Experiment:
+    """This process's instance of the experiment `ref` = (class, spec, out), built once and kept."""
+    from ..store import Run
+
+    cache_key = _cache_key(ref)
     exp = _EXPERIMENTS.get(cache_key)
     if exp is None:
+        cls, spec, out = ref
         exp = cls.build(spec)
         exp.attach(Run.open(out, spec), out)
         _EXPERIMENTS[cache_key] = exp
     return exp
+
+
+def remember(exp: Experiment) -> tuple | None:
+    """Make an attached experiment this process's instance of its `ref` (workers forked while it is there
+    inherit it and skip rebuilding it: no data loading, no model probes). Returns its key, for `forget`
+    (None: an instance was already there)."""
+    key = _cache_key(exp.ref)
+    if key in _EXPERIMENTS:
+        return None
+    _EXPERIMENTS[key] = exp
+    return key
+
+
+def forget(key: tuple | None) -> None:
+    _EXPERIMENTS.pop(key, None)
 
 
 def commit(exp: Experiment, key, files: dict) -> dict:

@@ -94,15 +94,18 @@ def run_many(experiments: list[Experiment], *, out: str = "runs", force: bool = 
     parallel = plan_parallelism(probe, setup.device, width=graph.width(), total_steps=total, batch_size=t.batch_size,
                                 input_numel=math.prod(setup.data.input_shape), workers=t.workers, max_batch=limit)
     results: dict[str, dict] = {path: {} for path in by_path}
-    with Bars(progress) as bars:
-        for exp in experiments:
-            bars.print(f"run folder: {exp.run.path}")
-        executor = _executor(t, parallel, by_path)
-        bars.print(parallel.describe() + ("" if executor.name != "ray" else f"; on Ray ({executor.slots} CPUs)"))
-        for exp in by_path.values():
-            for line in exp.header_lines():
-                bars.print(line)
-        _drive(graph, executor, parallel, by_path, results, bars, total)
+    executor = _executor(t, parallel, by_path)   # before the progress bars' thread: local workers may fork
+    try:
+        with Bars(progress) as bars:
+            for exp in experiments:
+                bars.print(f"run folder: {exp.run.path}")
+            bars.print(parallel.describe() + ("" if executor.name != "ray" else f"; on Ray ({executor.slots} CPUs)"))
+            for exp in by_path.values():
+                for line in exp.header_lines():
+                    bars.print(line)
+            _drive(graph, executor, parallel, by_path, results, bars, total)
+    finally:
+        executor.close()
     reports = {}
     for path, exp in by_path.items():
         reports[path] = exp.report(results[path])
@@ -115,7 +118,7 @@ def _executor(t, parallel, by_path):
         return RayCluster({p: e.ref for p, e in by_path.items()}, parallel.workers, t.ray_address)
     if parallel.workers <= 1:
         return Inline(by_path)
-    return LocalProcesses({p: e.ref for p, e in by_path.items()}, parallel.workers)
+    return LocalProcesses({p: e.ref for p, e in by_path.items()}, parallel.workers, by_path)
 
 
 def _drive(graph: Graph, executor, parallel, by_path: dict, results: dict, bars: Bars, total: int) -> None:
@@ -130,34 +133,31 @@ def _drive(graph: Graph, executor, parallel, by_path: dict, results: dict, bars:
             bars.advance(overall, n - before)
             shown[tid] = n
 
-    try:
-        while not graph.finished:
-            while executor.running() < executor.slots:
-                chosen = graph.take(parallel.max_batch, executor.slots - executor.running())
-                if not chosen:
-                    break
-                for task in chosen:
-                    if task.cost > 1:
-                        bar_of[task.id] = bars.add(f"  {task.label or _label(task)}", task.cost)
-                executor.submit(chosen, chosen[0].exp, [task.key for task in chosen], stack, parallel.max_batch)
-            if graph.stuck() or (not executor.running() and not graph.finished):
-                raise CycleError("task graph has a cycle or a missing dependency")
-            for batch, out in executor.collect(POLL_SECONDS):
-                for task in batch:
-                    result = out[task.key]
-                    graph.finish(task.id)
-                    results[task.exp][task.key] = result
-                    advance(task.id, task.cost)
-                    if task.id in bar_of:
-                        bars.progress.remove_task(bar_of.pop(task.id))
-                    for line in by_path[task.exp].progress_lines(task.key, result, results[task.exp]):
-                        bars.print(line)
-            for tid, n in executor.progress():
-                if tid in bar_of:
-                    bars.set(bar_of[tid], n)
-                advance(tid, n)
-    finally:
-        executor.close()
+    while not graph.finished:
+        while executor.running() < executor.slots:
+            chosen = graph.take(parallel.max_batch, executor.slots - executor.running())
+            if not chosen:
+                break
+            for task in chosen:
+                if task.cost > 1:
+                    bar_of[task.id] = bars.add(f"  {task.label or _label(task)}", task.cost)
+            executor.submit(chosen, chosen[0].exp, [task.key for task in chosen], stack, parallel.max_batch)
+        if graph.stuck() or (not executor.running() and not graph.finished):
+            raise CycleError("task graph has a cycle or a missing dependency")
+        for batch, out in executor.collect(POLL_SECONDS):
+            for task in batch:
+                result = out[task.key]
+                graph.finish(task.id)
+                results[task.exp][task.key] = result
+                advance(task.id, task.cost)
+                if task.id in bar_of:
+                    bars.progress.remove_task(bar_of.pop(task.id))
+                for line in by_path[task.exp].progress_lines(task.key, result, results[task.exp]):
+                    bars.print(line)
+        for tid, n in executor.progress():
+            if tid in bar_of:
+                bars.set(bar_of[tid], n)
+            advance(tid, n)
 
 
 def _title(by_path: dict) -> str:
