@@ -47,3 +47,51 @@ def best_of(fn, repeats: int = 3) -> float:
 
 def machine() -> str:
     return f"{os.cpu_count()} cores, torch {torch.__version__}"
+
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _busy_seconds() -> float:
+    """CPU seconds all cores have spent busy since boot (/proc/stat; 0 where there is none)."""
+    try:
+        fields = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    except (OSError, ValueError):
+        return 0.0
+    idle = fields[3] + (fields[4] if len(fields) > 4 else 0)
+    return (sum(fields[:8]) - idle) / os.sysconf("SC_CLK_TCK")
+
+
+def _own_seconds() -> float:
+    import resource
+
+    return sum(getattr(resource.getrusage(who), f) for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN)
+               for f in ("ru_utime", "ru_stime"))
+
+
+class OtherLoad:
+    """How busy other processes kept the machine while a block ran: `cores` = their CPU seconds per wall
+    second (0 = the machine was ours; 1 = one of the cores was taken by other work on average). Measured
+    as all cores' busy time (/proc/stat) minus this process's and its finished children's CPU time, so
+    children still running when the block ends (a Ray instance) count as other load."""
+
+    def __enter__(self):
+        self.wall, self.busy, self.own = time.perf_counter(), _busy_seconds(), _own_seconds()
+        return self
+
+    def __exit__(self, *exc):
+        wall = time.perf_counter() - self.wall
+        other = (_busy_seconds() - self.busy) - (_own_seconds() - self.own)
+        self.cores = max(0.0, other) / wall if wall > 0 else 0.0
+        return False
+
+
+def cli_env() -> dict:
+    """The environment of a `python -m ticketlab` subprocess that imports this checkout."""
+    return {**os.environ, "PYTHONPATH": str(ROOT / "src")}
+
+
+def median(values: list[float]) -> float:
+    s = sorted(values)
+    n = len(s)
+    return s[n // 2] if n % 2 else (s[n // 2 - 1] + s[n // 2]) / 2

@@ -18,6 +18,7 @@ import multiprocessing as mp
 import os
 import queue as queue_module
 import sys
+import threading
 import time
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 
@@ -87,8 +88,11 @@ def start_method(experiments) -> str:
 
     on_cpu = all(getattr(getattr(e, "setup", None), "device", None) is not None and e.setup.device.type == "cpu"
                  for e in experiments)
+    # a fork copies only the calling thread: with other threads alive (Ray's client in this process, a
+    # notebook's kernel threads, an intra-op pool of --threads N) a lock one of them holds would stay held
+    # in the child forever
     if sys.platform.startswith("linux") and "fork" in mp.get_all_start_methods() and on_cpu \
-            and not torch.cuda.is_initialized():
+            and not torch.cuda.is_initialized() and threading.active_count() == 1 and torch.get_num_threads() == 1:
         return "fork"
     return "spawn"
 

@@ -3,12 +3,13 @@
 Measured on this kind of machine (2 cores, torch CPU):
 - worker processes, one per core with one thread each, pay for every model on CPU (two 1-thread
   processes run LeNet-300-100 at ~1.24x one 2-thread process), once there is enough work to repay their
-  start (~3 s each: importing torch and loading the data);
-- stacking K models into batched matmuls pays on CPU only for small fully connected nets (MNIST-1D MLP:
-  1.5-2.3x at K=8 on one thread; LeNet-300-100 and convnets: 0.4-1.0x), and for every model on a GPU;
-  vmap's fixed cost per step makes a stack of 1-2 slower than plain models, so on CPU stacking starts at
-  4 tasks per worker. Once on, every unit of the experiment trains stacked (a lone one as a stack of
-  one), so a unit's numbers never depend on which units happened to run beside it;
+  start: ~3 s each when spawned (importing torch and ticketlab, loading the data; Ray workers too),
+  ~0.25 s when forked from this process (Linux, CPU: `executors.start_method`);
+- stacking K models into batched matmuls pays on CPU only for small fully connected nets (MNIST-1D MLP,
+  one thread, per model against one plain model: K=1 ~1.0x, 2 ~1.4x, 4 ~1.8x, 12 ~1.8-2.3x;
+  LeNet-300-100 and convnets: 0.4-1.0x), and for every model on a GPU; on CPU stacking starts at 4 tasks
+  per worker. Once on, every unit of the experiment trains stacked (a lone one as a stack of one), so a
+  unit's numbers never depend on which units happened to run beside it;
 - K and the number of workers are capped so that their models fit in a quarter of the machine's memory.
 """
 
@@ -23,8 +24,9 @@ from torch import nn
 
 STACK_MAX_PARAMS_CPU = 200_000   # fully connected nets up to this size gain from stacking on CPU
 STACK_LIMIT = 32
-STACK_MIN_CPU = 4                # vmap's per-step overhead: K=1 runs ~3x slower than one plain model, K=8 ~2.3x faster than 8
-WORKER_START_SECONDS = 3.0
+STACK_MIN_CPU = 4                # tasks per worker before stacking starts on CPU (2-3 would gain ~1.4x too since 2026-11-26)
+WORKER_START_SECONDS = 3.0       # a spawned worker (or a Ray worker): a fresh interpreter imports torch, rebuilds the experiment
+FORKED_WORKER_START_SECONDS = 0.25   # a forked worker inherits all of that
 CPU_STEP_GFLOPS = 20.0           # a conservative rate for small nets on one core, for the work estimate
 
 
@@ -65,8 +67,10 @@ def stacks_well(model: nn.Module, device: torch.device) -> bool:
 
 
 def plan_parallelism(model: nn.Module, device: torch.device, *, width: int, total_steps: int, batch_size: int,
-                     input_numel: int, workers: int = 0, max_batch: int = 0) -> Parallelism:
-    """Choose workers and K (0 = automatic) for `width` tasks that can run at once; see the module docstring."""
+                     input_numel: int, workers: int = 0, max_batch: int = 0,
+                     worker_start: float = WORKER_START_SECONDS) -> Parallelism:
+    """Choose workers and K (0 = automatic) for `width` tasks that can run at once; see the module docstring.
+    `worker_start`: seconds a worker takes to start (spawned or forked)."""
     per_model = model_bytes(model, batch_size, input_numel)
     budget = _total_memory_bytes() // 4
     params = sum(p.numel() for p in model.parameters())
@@ -79,7 +83,7 @@ def plan_parallelism(model: nn.Module, device: torch.device, *, width: int, tota
         else:
             cores = os.cpu_count() or 1
             workers = max(1, min(cores, width))
-            if est_seconds < 4 * WORKER_START_SECONDS * workers:
+            if est_seconds < 4 * worker_start * workers:
                 workers = 1
                 reasons.append(f"~{est_seconds:.0f} s of work does not repay starting workers")
             else:

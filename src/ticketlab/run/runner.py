@@ -17,9 +17,9 @@ from ..errors import UserError
 from ..report.progress import Bars
 from ..results import Results
 from ..store import Run
-from .executors import Inline, LocalProcesses, RayCluster, require_ray
+from .executors import Inline, LocalProcesses, RayCluster, require_ray, start_method
 from .graph import CycleError, Graph, Task
-from .plan import plan_parallelism
+from .plan import FORKED_WORKER_START_SECONDS, WORKER_START_SECONDS, plan_parallelism
 from .work import Experiment, Report
 
 POLL_SECONDS = 0.2
@@ -91,8 +91,10 @@ def run_many(experiments: list[Experiment], *, out: str = "runs", force: bool = 
     setup = first.setup
     total = sum(task.cost for task in graph.tasks.values())
     limit = 1 if any(e.stack_limit == 1 for e in by_path.values()) else t.max_batch
+    forked = t.executor != "ray" and start_method(by_path.values()) == "fork"
     parallel = plan_parallelism(probe, setup.device, width=graph.width(), total_steps=total, batch_size=t.batch_size,
-                                input_numel=math.prod(setup.data.input_shape), workers=t.workers, max_batch=limit)
+                                input_numel=math.prod(setup.data.input_shape), workers=t.workers, max_batch=limit,
+                                worker_start=FORKED_WORKER_START_SECONDS if forked else WORKER_START_SECONDS)
     results: dict[str, dict] = {path: {} for path in by_path}
     executor = _executor(t, parallel, by_path)   # before the progress bars' thread: local workers may fork
     try:

@@ -4,16 +4,23 @@ The K models' parameters and buffers are stacked along a new leading axis and th
 once per step, each model on its own batch (its own seed's data order): fully connected nets through
 `StackedLinear` (batched matmuls whose gradients equal a lone model's bit for bit, so a stacked MLP
 trains exactly as it would alone), every other model through `torch.func.vmap(functional_call(...))`
-(equal up to float rounding). The loss is the sum of the K models' mean losses, so each stacked parameter's gradient is
-exactly its model's gradient, and one optimizer over the stacked tensors makes the same element-wise
+(equal up to float rounding). The loss is the sum of the K models' mean losses, each computed by the
+kernel a lone model uses (so the running train loss matches too), so each stacked parameter's gradient is
+exactly its model's gradient, and one optimizer over the models' own tensors makes the same element-wise
 updates as K optimizers (SGD with momentum, Adam). BatchNorm running statistics are stacked buffers,
 one set per model; dropout draws independently per model (`randomness="different"`).
+
+Per-step costs that would grow with K are paid once: each parameter name is one stacked leaf tensor
+(the models' parameters are views of its rows while training), the K batches are one gather, and fused
+Adam is called directly on the K models' tensors with one shared step counter. On one thread, 12
+MNIST-1D MLPs stacked take 0.34 ms per model-step against 0.60 ms alone (was 0.45 ms).
 
 The loop (`train/loop.py`) drives it like any stepper: checkpoints are written per model in exactly the
 format `fit` uses, so a unit interrupted while stacked can be resumed alone and vice versa (the numbers
 then differ by float rounding: bmm vs mm), and each model has its own callbacks (those that declare
-themselves `stackable`), which see the model object: its parameters are the leaf tensors trained, and
-its BatchNorm buffers are views into the stacked buffers while training, so `model.state_dict()` is that
+themselves `stackable`), which see the model object: its parameters are the tensors trained (views of
+the stacked leaves while training, with their gradients), and its BatchNorm buffers are views into the
+stacked buffers while training, so `model.state_dict()` is that
 model's current state.
 """
 
@@ -106,7 +113,23 @@ class StackedStepper(Stepper):
         self.own = [[dict(m.named_parameters())[n] for n in self.names] for m in self.models]
         self.per = len(self.names)
         self.leaves = [p for ps in self.own for p in ps]
+        # One stacked leaf [K, ...] per parameter name, and each model's parameter becomes a view of its row
+        # (`close` gives it its own storage again): the forward pass reads the stacked leaves without
+        # stacking K tensors every step, the backward pass leaves one gradient per name (each model's
+        # gradient is a view of its row), and the optimizer still updates each model's own tensors.
+        with torch.no_grad():
+            self.stacked = {}
+            for j, n in enumerate(self.names):
+                rows = [self.own[k][j] for k in range(count)]
+                leaf = torch.stack([r.detach() for r in rows]).requires_grad_(rows[0].requires_grad)
+                for k, r in enumerate(rows):
+                    r.data = leaf.detach()[k]
+                self.stacked[n] = leaf
         self.opt = make_optimizer(self.leaves, train, self.device)
+        self._fused = None   # the fused-Adam fast path's tensor lists, built after the first step (`update`)
+        # batches: one gather for all K models where the data has no augmentation (see `batches`)
+        self._gather = all(o._augment_fn is None for o in self.orders)
+        self._perm_epoch, self._perms = None, None
         self.buffers = {n: torch.stack([dict(m.named_buffers())[n].detach() for m in self.models])
                         for n in self.buffer_names}
         # the models' own buffers become views of their row of the stacked buffers (which the forward pass
@@ -126,29 +149,93 @@ class StackedStepper(Stepper):
 
             self.forward = vmap(call, in_dims=(0, 0, 0), randomness="different")
             self.forward_shared = vmap(call, in_dims=(0, 0, None), randomness="different")
-        self.per_model_loss = vmap(F.cross_entropy)  # per model exactly the gradient of a lone model's mean loss
+
+    @staticmethod
+    def per_model_loss(out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """[K] mean losses, each computed exactly as a lone model's (the same kernel on its own rows), so
+        the gradients and the running train loss equal a lone model's bit for bit."""
+        return torch.stack([F.cross_entropy(o, t) for o, t in zip(out.unbind(0), y.unbind(0))])
 
     def stacked_params(self) -> dict[str, torch.Tensor]:
-        return {n: torch.stack([self.own[k][j] for k in range(self.count)]) for j, n in enumerate(self.names)}
+        return self.stacked
 
     def train_mode(self) -> None:
         self.base.train()
 
+    def batches(self, step: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """x [K, B, ...] and y [K, B] of iteration `step`: model k's batch is row k (its own seed's order)."""
+        if not self._gather:
+            batches = [o.batch(step) for o in self.orders]
+            return torch.stack([b[0] for b in batches]), torch.stack([b[1] for b in batches])
+        order = self.orders[0]
+        epoch, i = divmod(int(step), order.iterations_per_epoch)
+        if epoch != self._perm_epoch:   # the K models' permutations of this epoch, [K, n]
+            self._perms = torch.stack([o.permutation(epoch) for o in self.orders])
+            self._perm_epoch = epoch
+        idx = self._perms[:, i * order.batch_size:(i + 1) * order.batch_size]
+        data = self.data
+        x = data.train_x.index_select(0, idx.reshape(-1))
+        y = data.train_y.index_select(0, idx.reshape(-1))
+        return x.view(self.count, idx.shape[1], *x.shape[1:]), y.view(self.count, idx.shape[1])
+
     def forward_backward(self, step: int) -> torch.Tensor:
-        batches = [o.batch(step) for o in self.orders]
-        x = torch.stack([b[0] for b in batches])
-        y = torch.stack([b[1] for b in batches])
-        out = self.forward(self.stacked_params(), self.buffers, x)
+        x, y = self.batches(step)
+        stacked = self.stacked
+        out = self.forward(stacked, self.buffers, x)
         losses = self.per_model_loss(out, y)  # [K]
-        for p in self.leaves:
+        for p in stacked.values():
             p.grad = None
         losses.sum().backward()
+        for j, n in enumerate(self.names):
+            grad = stacked[n].grad
+            if grad is not None:
+                for own, row in zip(self.own, grad.unbind(0)):
+                    own[j].grad = row
         return losses.detach()
 
     def update(self, step: int, lr: float) -> None:
-        for g in self.opt.param_groups:
-            g["lr"] = lr
-        self.opt.step()
+        fast = self._fused
+        if not fast:
+            for g in self.opt.param_groups:
+                g["lr"] = lr
+            self.opt.step()
+            if fast is None:
+                self._fused = self._fused_lists()
+            return
+        # fused Adam without torch.optim's per-parameter Python work: the same kernel on the same tensors
+        # with the same arguments as `opt.step()`; the K x P step counters (all equal) are views of one
+        # tensor, counted up by one add instead of a foreach over K x P scalars (12 MLPs: 1.3 -> 0.4 ms a step)
+        params, exp_avgs, exp_avg_sqs, steps, counter, kwargs = fast
+        self.opt.param_groups[0]["lr"] = lr
+        counter.add_(1)
+        grads = [p.grad for p in params]
+        torch._fused_adam_(params, grads, exp_avgs, exp_avg_sqs, [], steps, lr=lr, **kwargs)
+
+    def _fused_lists(self):
+        """The fast path's lists for a plain fused Adam (one group, every parameter trained, equal step
+        counts), else False (then `opt.step()` always)."""
+        opt = self.opt
+        if not (isinstance(opt, torch.optim.Adam) and hasattr(torch, "_fused_adam_") and len(opt.param_groups) == 1):
+            return False
+        g = opt.param_groups[0]
+        if not g.get("fused") or g["amsgrad"] or g["maximize"] or g["capturable"] or g["differentiable"] \
+                or g.get("decoupled_weight_decay") or getattr(opt, "grad_scale", None) is not None \
+                or getattr(opt, "found_inf", None) is not None or torch.is_tensor(g["lr"]):
+            return False
+        params = list(g["params"])
+        if any(p.grad is None or p not in opt.state for p in params):
+            return False
+        state = [opt.state[p] for p in params]
+        steps = [s["step"] for s in state]
+        if any(t.shape != () or t.dtype != steps[0].dtype or t.device != steps[0].device for t in steps) \
+                or len({t.item() for t in steps}) != 1:
+            return False
+        counter = torch.stack(steps)
+        for k, s in enumerate(state):
+            s["step"] = counter[k]
+        kwargs = dict(amsgrad=False, beta1=g["betas"][0], beta2=g["betas"][1], weight_decay=g["weight_decay"],
+                      eps=g["eps"], maximize=False, grad_scale=None, found_inf=None)
+        return params, [s["exp_avg"] for s in state], [s["exp_avg_sq"] for s in state], [s["step"] for s in state], counter, kwargs
 
     def evaluate(self, step: int, lr: float) -> list[dict]:
         count, data, bs = self.count, self.data, self.eval_batch_size
@@ -180,7 +267,7 @@ class StackedStepper(Stepper):
             for key, v in opt_tensors.items():
                 _, pid, rest = key.split(".", 2)
                 if k * per <= int(pid) < (k + 1) * per:
-                    tensors[f"opt.{int(pid) - k * per}.{rest}"] = v
+                    tensors[f"opt.{int(pid) - k * per}.{rest}"] = v.clone() if rest == "step" else v
             for key, v in opt_meta["scalars"].items():
                 pid, rest = key.split(".", 1)
                 if k * per <= int(pid) < (k + 1) * per:
@@ -202,9 +289,14 @@ class StackedStepper(Stepper):
                    for k, (_, meta) in enumerate(states) for key, v in meta["scalars"].items()}
         groups = [{**g, "params": list(range(self.count * per))} for g in states[0][1]["param_groups"]]
         optimizer_from_flat(self.opt, flat, {"param_groups": groups, "scalars": scalars})
+        self._fused = None
 
     def close(self) -> None:
         with torch.no_grad():
+            for p in self.leaves:   # each model's parameters get their own storage back
+                p.data = p.data.clone()
+                if p.grad is not None:
+                    p.grad = p.grad.clone()
             for k, (model, originals) in enumerate(zip(self.models, self._originals)):
                 for n, tensor in originals.items():
                     tensor.copy_(self.buffers[n][k])

@@ -1,0 +1,66 @@
+"""Instruments over several seeds, `--workers 1` vs the automatic choice, each a fresh command-line
+process (as a user runs them), timed in the same run:
+
+- `ticketlab lca --seeds 0,1,2,3 --steps 1000it` (MNIST-1D MLP; 1000 instead of the default 1500
+  iterations so that the one-process run stays under 2 minutes here);
+- `ticketlab supermask --seeds 0,1,2,3` (MNIST-1D MLP, bernoulli, defaults).
+
+Each seed is one unit; the automatic choice runs them on worker processes (no stacking: LCA watches one
+model at a time, a supermask trains scores). Both runs must give identical results (every column of
+results.json but the `seconds` timings); the script checks that. Goal: >= 1.7x on 2 cores.
+
+    .venv/bin/python bench/instruments.py [lca|supermask]
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from common import OtherLoad, cli_env
+
+CASES = {
+    "lca": ["lca", "--seeds", "0,1,2,3", "--steps", "1000it"],
+    "supermask": ["supermask", "--seeds", "0,1,2,3"],
+}
+
+
+def run_cli(args: list[str], out: Path) -> tuple[float, list[dict], str, float]:
+    """(wall seconds, results.json rows without timings, the 'parallel:' line, other load in cores)."""
+    cmd = [sys.executable, "-m", "ticketlab", *args, "--out", str(out), "--no-progress"]
+    with OtherLoad() as load:
+        start = time.perf_counter()
+        done = subprocess.run(cmd, env=cli_env(), check=True, capture_output=True, text=True)
+        wall = time.perf_counter() - start
+    rows = json.loads(next(out.glob("*/results.json")).read_text())
+    rows = [{k: v for k, v in r.items() if k != "seconds"} for r in rows]
+    plan = next((line.strip() for line in done.stdout.splitlines() if line.strip().startswith("parallel:")), "?")
+    return wall, rows, plan, load.cores
+
+
+def compare(name: str) -> dict:
+    args = CASES[name]
+    with tempfile.TemporaryDirectory() as tmp:
+        seq, rows_seq, _, load_seq = run_cli([*args, "--workers", "1"], Path(tmp) / "seq")
+        auto, rows_auto, plan, load_auto = run_cli(args, Path(tmp) / "auto")
+    same = rows_seq == rows_auto and len(rows_seq) > 0
+    print(f"{name} (ticketlab {' '.join(args)}): --workers 1 {seq:.1f} s, automatic {auto:.1f} s -> {seq / auto:.2f}x "
+          f"(goal >= 1.7x); identical results: {same}; other load {load_seq:.2f} / {load_auto:.2f} cores\n  {plan}")
+    return {"benchmark": "instruments", "name": name, "command": "ticketlab " + " ".join(args),
+            "workers_1_s": round(seq, 1), "automatic_s": round(auto, 1), "speedup": round(seq / auto, 2),
+            "identical": same, "plan": plan, "other_load_cores": [round(load_seq, 2), round(load_auto, 2)]}
+
+
+def main(names: list[str] | None = None) -> list[dict]:
+    # fill the file cache with torch and ticketlab first, so that the first timed process is not the only cold one
+    subprocess.run([sys.executable, "-c", "import torch, ticketlab.experiments.lca, ticketlab.experiments.supermask"],
+                   env=cli_env(), check=True)
+    return [compare(n) for n in (names or list(CASES))]
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:] or None)
