@@ -23,13 +23,13 @@ from ticketlab.experiments.lca import LCASpec, recorder
 from ticketlab.train import fit
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> dict:
     ap = argparse.ArgumentParser()
     ap.add_argument("--steps", type=int, default=300)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--dataset", default="mnist1d")
     ap.add_argument("--data-dir", default="data")
-    args = ap.parse_args()
+    args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     spec = specs.from_mapping(LCASpec, dict(dataset=args.dataset, data_dir=args.data_dir, model="mnist1d_mlp" if args.dataset == "mnist1d" else "mlp",
                                             steps=f"{args.steps}it", eval_every=f"{args.steps}it"))
@@ -75,6 +75,9 @@ def main() -> None:
     print(f"ratio LCA / minimum         {t_lca / minimum:.3f}  (goal <= 1.3)")
     print(f"overhead LCA / plain train  {t_lca / t_plain:.2f}x")
     print(f"relative error {s['relative_error']:.2e}, fraction helped {s['fraction_helped']:.3f}")
+    return {"benchmark": "lca", "threads": args.threads, "steps": args.steps, "plain_s": round(t_plain, 3),
+            "gradients_s": round(t_grads, 3), "lca_s": round(t_lca, 3), "ratio_to_minimum": round(t_lca / minimum, 3),
+            "overhead_vs_plain": round(t_lca / t_plain, 2)}
 
 
 if __name__ == "__main__":

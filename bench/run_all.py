@@ -1,4 +1,6 @@
-"""Run every benchmark once and print their figures (record them in BENCHMARKS.md)."""
+"""Run every benchmark once and print their figures (record the median and range of several runs in
+BENCHMARKS.md). `python bench/run_all.py [NAME ...]` runs only the named ones (many, instruments, sweep,
+cli, train_step, epoch, demo, lca)."""
 
 import json
 import sys
@@ -6,13 +8,31 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+import cli  # noqa: E402
 import demo  # noqa: E402
 import epoch  # noqa: E402
+import instruments  # noqa: E402
 import lca  # noqa: E402
 import many  # noqa: E402
+import sweep  # noqa: E402
 import train_step  # noqa: E402
 
-results = [train_step.main(), epoch.main(), demo.main(["--workers", "1", "--max-batch", "1"]), demo.main(), many.main()]
-lca.main()
-Path("bench/latest.json").write_text(json.dumps(results, indent=2) + "\n")
-print("figures written to bench/latest.json")
+BENCHMARKS = {
+    "many": many.main,
+    "instruments": instruments.main,
+    "sweep": sweep.main,
+    "cli": cli.main,
+    "train_step": train_step.main,
+    "epoch": epoch.main,
+    "demo": lambda: [demo.main(["--workers", "1", "--max-batch", "1"]), demo.main()],
+    "lca": lambda: lca.main([]),
+}
+
+if __name__ == "__main__":
+    names = sys.argv[1:] or list(BENCHMARKS)
+    unknown = [n for n in names if n not in BENCHMARKS]
+    if unknown:
+        raise SystemExit(f"unknown benchmark(s) {', '.join(unknown)}; valid: {', '.join(BENCHMARKS)}")
+    results = {name: BENCHMARKS[name]() for name in names}
+    Path("bench/latest.json").write_text(json.dumps(results, indent=2) + "\n")
+    print("figures written to bench/latest.json")

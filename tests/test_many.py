@@ -4,6 +4,7 @@ import os
 import signal
 import subprocess
 import time
+from pathlib import Path
 
 import pytest
 import torch
@@ -172,3 +173,38 @@ def test_killed_parallel_stacked_run_resumes_identically(tmp_path, python, cli_e
     for rel in units:
         for name in ("mask.safetensors", "final.safetensors", "metrics.jsonl"):
             assert (a / rel / name).read_bytes() == (b / rel / name).read_bytes(), (rel, name)
+
+
+@pytest.mark.heavy
+def test_workers_end_when_the_main_process_is_killed_alone(tmp_path, python, cli_env):
+    """kill -9 of the main process only (not its group): its worker processes must not live on (they would
+    wait forever, or keep writing into the run folder beside a resumed run)."""
+    args = [python, "-m", "ticketlab", "lottery", "--dataset", "synthetic", "--model", "mlp", "--widths", "64",
+            "--steps", "2000it", "--levels", "1", "--seeds", "0,1,2,3", "--workers", "2", "--out", str(tmp_path),
+            "--no-progress"]
+    proc = subprocess.Popen(args, env=cli_env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+
+    def children():
+        found = []
+        for entry in Path("/proc").iterdir():
+            try:
+                stat = (entry / "stat").read_text()
+                if entry.name.isdigit() and int(stat[stat.rindex(")") + 2:].split()[1]) == proc.pid:
+                    found.append(int(entry.name))
+            except (OSError, ValueError):
+                pass
+        return found
+
+    deadline = time.time() + 120
+    while len(children()) < 2 and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.05)
+    workers = children()
+    assert len(workers) >= 2 and proc.poll() is None, "the run should be training on two workers"
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    deadline = time.time() + 10
+    alive = lambda: [w for w in workers if Path(f"/proc/{w}").exists() and "Z" not in
+                     Path(f"/proc/{w}/stat").read_text().split(")")[1].split()[0:1]]
+    while alive() and time.time() < deadline:
+        time.sleep(0.1)
+    assert not alive(), "worker processes outlived the killed main process"

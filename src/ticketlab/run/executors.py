@@ -65,9 +65,34 @@ class Inline:
 _QUEUE = None
 
 
-def _init_worker(progress_queue) -> None:
+def _init_worker(progress_queue, parent: int) -> None:
     global _QUEUE
     _QUEUE = progress_queue
+    die_with_parent(parent)
+
+
+def die_with_parent(parent: int) -> None:
+    """End this worker as soon as the main process is gone (kill -9 of the main alone): a forked worker
+    holds both ends of the pool's pipes, so it would never see them close and would wait forever, or
+    worse, keep training and writing into the run folder beside a resumed run. Linux: the kernel sends
+    SIGKILL when the parent dies (PR_SET_PDEATHSIG); everywhere: a watchdog thread polls the parent."""
+    if sys.platform.startswith("linux"):
+        try:
+            import ctypes
+            import signal
+
+            ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)   # 1 = PR_SET_PDEATHSIG
+        except (OSError, AttributeError):
+            pass
+    if os.getppid() != parent:   # died before the line above took effect
+        os._exit(1)
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(1.0)
+        os._exit(1)
+
+    threading.Thread(target=watch, daemon=True, name="ticketlab-parent-watch").start()
 
 
 def _run_in_worker(ref: tuple, exp_path: str, keys: list, stack: bool, max_batch: int) -> dict:
@@ -108,7 +133,8 @@ class LocalProcesses:
         self.method = start_method((experiments or {}).values()) if experiments else "spawn"
         ctx = mp.get_context(self.method)
         self._queue = ctx.Queue()
-        self.pool = ProcessPoolExecutor(workers, mp_context=ctx, initializer=_init_worker, initargs=(self._queue,))
+        self.pool = ProcessPoolExecutor(workers, mp_context=ctx, initializer=_init_worker,
+                                        initargs=(self._queue, os.getpid()))
         self.futures: dict = {}
         self.slots = workers
         if self.method == "fork":

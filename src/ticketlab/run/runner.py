@@ -105,14 +105,19 @@ def run_many(experiments: list[Experiment], *, out: str = "runs", force: bool = 
             for exp in by_path.values():
                 for line in exp.header_lines():
                     bars.print(line)
-            _drive(graph, executor, parallel, by_path, results, bars, total)
+            reports = _drive(graph, executor, parallel, by_path, results, bars, total)
     finally:
         executor.close()
-    reports = {}
     for path, exp in by_path.items():
-        reports[path] = exp.report(results[path])
-        write_report(exp.run, reports[path])
+        if path not in reports:
+            reports[path] = report(exp, results[path])
     return [Results(reports[path_of(exp)].rows) for exp in experiments]
+
+
+def report(exp: Experiment, results: dict) -> Report:
+    rep = exp.report(results)
+    write_report(exp.run, rep)
+    return rep
 
 
 def _executor(t, parallel, by_path):
@@ -123,11 +128,18 @@ def _executor(t, parallel, by_path):
     return LocalProcesses({p: e.ref for p, e in by_path.items()}, parallel.workers, by_path)
 
 
-def _drive(graph: Graph, executor, parallel, by_path: dict, results: dict, bars: Bars, total: int) -> None:
+def _drive(graph: Graph, executor, parallel, by_path: dict, results: dict, bars: Bars, total: int) -> dict:
+    """Run every task; returns the reports written so far: an experiment's report is written as soon as its
+    last unit finishes, while the workers train the other experiments' units (a sweep's 24 reports and
+    plots would otherwise be drawn one after another at the end)."""
     stack = parallel.max_batch > 1
     overall = bars.add(_title(by_path), total)
     bar_of: dict = {}
     shown: dict = {}
+    left = {path: 0 for path in by_path}
+    for task in graph.tasks.values():
+        left[task.exp] += 1
+    reports: dict = {}
 
     def advance(tid, n):
         before = shown.get(tid, 0)
@@ -136,14 +148,7 @@ def _drive(graph: Graph, executor, parallel, by_path: dict, results: dict, bars:
             shown[tid] = n
 
     while not graph.finished:
-        while executor.running() < executor.slots:
-            chosen = graph.take(parallel.max_batch, executor.slots - executor.running())
-            if not chosen:
-                break
-            for task in chosen:
-                if task.cost > 1:
-                    bar_of[task.id] = bars.add(f"  {task.label or _label(task)}", task.cost)
-            executor.submit(chosen, chosen[0].exp, [task.key for task in chosen], stack, parallel.max_batch)
+        _submit_ready(graph, executor, parallel, bars, bar_of, stack)
         if graph.stuck() or (not executor.running() and not graph.finished):
             raise CycleError("task graph has a cycle or a missing dependency")
         for batch, out in executor.collect(POLL_SECONDS):
@@ -156,10 +161,28 @@ def _drive(graph: Graph, executor, parallel, by_path: dict, results: dict, bars:
                     bars.progress.remove_task(bar_of.pop(task.id))
                 for line in by_path[task.exp].progress_lines(task.key, result, results[task.exp]):
                     bars.print(line)
+                left[task.exp] -= 1
+                if not left[task.exp]:
+                    _submit_ready(graph, executor, parallel, bars, bar_of, stack)   # keep the workers busy meanwhile
+                    if graph.running:   # else nothing is left to overlap with: reported after the loop
+                        reports[task.exp] = report(by_path[task.exp], results[task.exp])
         for tid, n in executor.progress():
             if tid in bar_of:
                 bars.set(bar_of[tid], n)
             advance(tid, n)
+    return reports
+
+
+def _submit_ready(graph: Graph, executor, parallel, bars: Bars, bar_of: dict, stack: bool) -> None:
+    """Hand ready tasks to idle slots: up to `max_batch` of one stacking group per batch."""
+    while executor.running() < executor.slots:
+        chosen = graph.take(parallel.max_batch, executor.slots - executor.running())
+        if not chosen:
+            break
+        for task in chosen:
+            if task.cost > 1:
+                bar_of[task.id] = bars.add(f"  {task.label or _label(task)}", task.cost)
+        executor.submit(chosen, chosen[0].exp, [task.key for task in chosen], stack, parallel.max_batch)
 
 
 def _title(by_path: dict) -> str:
