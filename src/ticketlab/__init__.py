@@ -14,23 +14,25 @@ from __future__ import annotations
 __version__ = "0.1.0"
 
 
-def _run(experiment: str, spec, out: str, force: bool, progress: bool | None, settings: dict):
+def _run(experiment: str, spec, out: str, force: bool, progress: bool | None, settings: dict, wait: bool = False):
     from . import spec as specs
     from .cli import EXPERIMENTS
 
     e = EXPERIMENTS[experiment]
     base = spec if spec is not None else specs.build(e.spec_class(), {})
     spec = specs.replace(base, **settings) if settings else base  # validated before torch is imported
-    return e.run_module().run(spec, out=out, force=force, progress=progress)
+    return e.run_module().run(spec, out=out, force=force, progress=progress, wait=wait)
 
 
 def _api(experiment: str):
-    def run(spec=None, *, out: str = "runs", force: bool = False, progress: bool | None = False, **settings):
-        return _run(experiment, spec, out, force, progress, settings)
+    def run(spec=None, *, out: str = "runs", force: bool = False, progress: bool | None = False, wait: bool = False,
+            **settings):
+        return _run(experiment, spec, out, force, progress, settings, wait)
 
     run.__name__ = experiment
     run.__doc__ = (f"Run or resume the `{experiment}` experiment (as `ticketlab {experiment}`). `spec` is its spec "
-                   "object, or give settings by name; returns a `Results` table.")
+                   "object, or give settings by name; returns a `Results` table. `wait`: if another command is "
+                   "writing the run folder, wait for it (else UserError at once).")
     return run
 
 

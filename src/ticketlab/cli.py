@@ -1,7 +1,13 @@
 """The `ticketlab` command: one subcommand per experiment, plus `show`.
 
 Every setting of an experiment is a flag (from its spec declaration); `--config FILE.toml` takes the
-same settings from a file, and flags given as well override it. Bad input prints one line and exits 2.
+same settings from a file, and flags given as well override it.
+
+Exit codes: 0 done; 2 bad input (a bad flag or setting, an `--out` that is a file, a run folder another
+command is writing); 3 a fault of the machine or its files (no permission, a read-only file system, a full
+disk, a file of a run folder that cannot be trusted); 130 interrupted; 1 a bug (the traceback, and a line
+asking to report it). Every expected failure is one line, `ticketlab: error: ...`, naming the path and
+what to do.
 
 Start-up is kept free of torch: the subcommands are a table (`COMMANDS`), `ticketlab --help` lists it
 without importing anything, only the subcommand being parsed gets its flags (an experiment's flags come
@@ -80,10 +86,14 @@ def _experiment(name: str):
 # ------------------------------------------------------------------------------------------ experiments
 def add_run_arguments(parser: Parser) -> None:
     """The flags every experiment run takes besides its settings."""
-    parser.add_argument("--config", metavar="FILE.toml", help="read settings from a TOML file (flags override it)")
+    parser.add_argument("--config", metavar="FILE.toml",
+                        help="read settings from a TOML file of at most 1 MiB, flat or under their tables ([train], ...), with "
+                             "TOML types (levels = 2, not \"2\"); flags override it")
     parser.add_argument("--out", default="runs", metavar="DIR", help="parent folder of run folders (default: runs)")
     parser.add_argument("--force", action="store_true", help="discard an existing run folder of this spec and recompute")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+    parser.add_argument("--wait", action="store_true",
+                        help="if another command is writing the same run folder, wait for it to end (default: refuse at once)")
 
 
 def experiment_command(e: Experiment) -> Command:
@@ -97,7 +107,8 @@ def experiment_command(e: Experiment) -> Command:
         from . import spec as specs
 
         spec = specs.from_arguments(e.spec_class(), args, args.config)  # validated before torch is imported
-        e.run_module().run(spec, out=args.out, force=args.force, progress=False if args.no_progress else None)
+        e.run_module().run(spec, out=args.out, force=args.force, progress=False if args.no_progress else None,
+                           wait=args.wait)
         return 0
 
     return Command(e.help, arguments, action)
@@ -118,7 +129,7 @@ def show(run_dir: str, fmt: str) -> None:
     from pathlib import Path
 
     from . import store
-    from .io import CorruptFile
+    from .io import CorruptFile, finite
     from .report.tables import TABLES
     from .results import Results
 
@@ -144,11 +155,15 @@ def show(run_dir: str, fmt: str) -> None:
     if fmt == "csv":
         sys.stdout.write(Results(rows).to_csv())
     elif fmt == "json":
-        print(json.dumps(rows, indent=2))
+        print(json.dumps(finite(rows), indent=2, allow_nan=False))   # strict JSON: a "nan" cell becomes null
     else:
         try:
             experiment = run.read("spec.json").get("experiment")
-        except (CorruptFile, AttributeError):
+        except CorruptFile as e:   # edited by hand, say: the rows are still checked, only the table's layout is lost
+            if not partial:   # (an unfinished run says so below)
+                print(f"ticketlab: note: {e}; plain columns shown (the run's command, run again, rewrites it)", file=sys.stderr)
+            experiment = None
+        except AttributeError:
             experiment = None
         table = TABLES.get(experiment)
         lines = None
@@ -169,12 +184,14 @@ def show(run_dir: str, fmt: str) -> None:
 
 
 def _aligned(rows: list[dict]) -> str:
-    """Any tidy table as aligned text columns (numbers to 4 significant digits)."""
-    from .results import Results
+    """Any tidy table as aligned text columns (numbers to 4 significant digits); the `diverged` column reads
+    "diverged" for a unit that diverged (its numbers are empty) and is blank otherwise."""
+    from .results import Results, is_diverged
 
     columns = [c for c in Results(rows).columns if not any(isinstance(r.get(c), (list, dict)) for r in rows)]
     cell = lambda v: f"{v:.4g}" if isinstance(v, float) else ("" if v is None else str(v))
-    table = [columns] + [[cell(r.get(c)) for c in columns] for r in rows]
+    table = [columns] + [[("diverged" if is_diverged(r) else "") if c == "diverged" else cell(r.get(c)) for c in columns]
+                         for r in rows]
     widths = [max(len(line[i]) for line in table) for i in range(len(columns))]
     return "\n".join("  ".join(v.rjust(w) for v, w in zip(line, widths)) for line in table)
 
@@ -203,7 +220,7 @@ SWEEP_DESCRIPTION = (SWEEP_HELP + ". SWEEP.toml names `experiment`, its [base] s
 def sweep_arguments(parser: Parser) -> None:
     parser.add_argument("file", metavar="SWEEP.toml")
     parser.add_argument("settings", nargs=argparse.REMAINDER, metavar="--SETTING VALUE",
-                        help="the experiment's setting flags, and --out DIR (default: runs), --force, --no-progress")
+                        help="the experiment's setting flags, and --out DIR (default: runs), --force, --no-progress, --wait")
 
 
 def sweep_overrides(words: list[str], spec_cls) -> tuple[dict, dict]:
@@ -211,16 +228,16 @@ def sweep_overrides(words: list[str], spec_cls) -> tuple[dict, dict]:
     from . import spec as specs
 
     by_flag = {s.flag: s.name for s in specs.settings_of(spec_cls)}
-    options, settings, i = {"out": "runs", "force": False, "no_progress": False}, {}, 0
+    options, settings, i = {"out": "runs", "force": False, "no_progress": False, "wait": False}, {}, 0
     while i < len(words):
         word = words[i]
         flag, eq, value = word.partition("=")
-        if flag in ("--force", "--no-progress") and not eq:
+        if flag in ("--force", "--no-progress", "--wait") and not eq:
             options[flag[2:].replace("-", "_")] = True
             i += 1
             continue
         if not flag.startswith("--") or (flag != "--out" and flag not in by_flag):
-            raise UserError(f"sweep: unknown option {word!r}; valid: --out, --force, --no-progress, {', '.join(sorted(by_flag))}")
+            raise UserError(f"sweep: unknown option {word!r}; valid: --out, --force, --no-progress, --wait, {', '.join(sorted(by_flag))}")
         if not eq:
             if i + 1 >= len(words):
                 raise UserError(f"sweep: {flag} needs a value")
@@ -242,7 +259,7 @@ def sweep_action(args: argparse.Namespace) -> int:
     options, settings = sweep_overrides(args.settings, EXPERIMENTS[doc_experiment].spec_class())
     sweep = sweeps.load(args.file, {doc_experiment: EXPERIMENTS[doc_experiment].spec_class()}, settings)
     results, folder = sweeps.run(sweep, out=options["out"], force=options["force"],
-                                 progress=False if options["no_progress"] else None)
+                                 progress=False if options["no_progress"] else None, wait=options["wait"])
     print(f"sweep folder: {folder} ({len(sweep.points)} points, {len(results)} rows)")
     return 0
 
@@ -283,23 +300,70 @@ def _command_in(argv: list[str]) -> str | None:
     return None
 
 
+EXIT_OK, EXIT_BUG, EXIT_INPUT, EXIT_FAULT, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
+REPORT_BUG = ("ticketlab: this is a bug in ticketlab, not a problem with your input: please report it with the "
+              "command and the traceback above")
+
+
 def main(argv: list[str] | None = None) -> int:
+    """The command; returns the exit code (see the module's docstring)."""
     argv = sys.argv[1:] if argv is None else list(argv)
     try:
         parser = build_parser(commands={_command_in(argv)})
         args = parser.parse_args(argv)
         if args.command is None:
             parser.print_help()
-            return 2
-        return COMMANDS[args.command].action(args) or 0
+            return EXIT_INPUT
+        return COMMANDS[args.command].action(args) or EXIT_OK
     except UserError as e:
-        print(f"ticketlab: error: {e}", file=sys.stderr)
-        return 2
+        return _error(e, EXIT_INPUT)
     except KeyboardInterrupt:
         print("ticketlab: interrupted; run the same command again to resume", file=sys.stderr)
-        return 130
+        return EXIT_INTERRUPTED
     except BrokenPipeError:
-        return 0
+        return EXIT_OK
+    except Exception as e:
+        return _failure(e)
+
+
+def _error(message, code: int) -> int:
+    text = str(message) or type(message).__name__
+    if "\n" in text or "\r" in text:
+        text = " ".join(text.split())   # one line, whatever the message holds
+    print(f"ticketlab: error: {text}", file=sys.stderr)
+    return code
+
+
+def _failure(e: Exception) -> int:
+    """An exception other than bad input: a fault of the machine or of a file (one line, exit 3), else a bug
+    (the traceback and a line asking to report it, exit 1)."""
+    from .errors import Fault, os_fault
+
+    if isinstance(e, Fault):
+        return _error(e, EXIT_FAULT)
+    if isinstance(e, OSError) and _is_fault(e):
+        return _error(os_fault(e), EXIT_FAULT)
+    io = sys.modules.get("ticketlab.io")   # raised only once it is imported (importing it costs safetensors)
+    if io is not None and isinstance(e, io.CorruptFile):
+        return _error(f"{e}; this file cannot be trusted and was not used: delete it (or its run folder) and run "
+                      f"the same command again to recompute it, or rerun with --force", EXIT_FAULT)
+    import traceback
+
+    traceback.print_exc()
+    print(REPORT_BUG, file=sys.stderr)
+    return EXIT_BUG
+
+
+def _is_fault(e: OSError) -> bool:
+    """An OSError of the machine or of a path the user gave (a full disk, no permission, a read-only file
+    system, a file where a folder belongs), as opposed to one a bug causes (a missing file it expected)."""
+    import errno
+
+    if isinstance(e, (PermissionError, NotADirectoryError, IsADirectoryError, FileExistsError)):
+        return True
+    return errno.errorcode.get(e.errno or 0) in {
+        "ENOSPC", "EDQUOT", "EROFS", "EFBIG", "EIO", "ENAMETOOLONG", "ELOOP", "EMFILE", "ENFILE", "ENOLCK",
+        "ESTALE", "EXDEV", "ENXIO", "ENODEV", "EBUSY", "ETXTBSY", "ENOMEM"}
 
 
 if __name__ == "__main__":

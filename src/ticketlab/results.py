@@ -10,6 +10,23 @@ from typing import Iterable
 from .store import rows_to_csv
 
 
+def is_diverged(row: dict) -> bool:
+    """Whether a result row is of a unit that diverged (its `diverged` column: a bool, or its text in a CSV)."""
+    value = row.get("diverged")
+    return value is True or (isinstance(value, str) and value.strip().lower() == "true")
+
+
+def diverged_count(rows: Iterable[dict]) -> int:
+    return sum(is_diverged(r) for r in rows)
+
+
+def diverged_columns(result: dict) -> dict:
+    """The `diverged` and `diverged_reason` columns of a unit's row in results.csv / results.json (every
+    experiment's rows have them)."""
+    diverged = is_diverged(result)
+    return {"diverged": diverged, "diverged_reason": result.get("diverged_reason") if diverged else None}
+
+
 class Results:
     """A list of dict rows in long (tidy) form, one per level x arm x seed (or per experiment's unit).
 
@@ -45,26 +62,32 @@ class Results:
         return rows_to_csv(self.rows)
 
     def to_json(self) -> str:
-        return json.dumps(self.rows, indent=2)
+        from .io import finite
+
+        return json.dumps(finite(self.rows), indent=2, allow_nan=False)
 
     def to_pandas(self):
         import pandas as pd  # optional: only for users who have it
         return pd.DataFrame(self.rows)
 
     def summary(self, by: tuple[str, ...] = ("level", "arm"), value: str = "test_accuracy") -> list[dict]:
-        """Mean, standard deviation and count of `value` per group, in first-seen order."""
+        """Mean, standard deviation and count (`n`) of `value` per group, in first-seen order. Rows of units
+        that diverged are left out and counted (`diverged`); a group with none left has mean NaN (null in JSON)."""
         groups: dict[tuple, list[dict]] = {}
         for r in self.rows:
             groups.setdefault(tuple(r.get(k) for k in by), []).append(r)
         out = []
         for key, rows in groups.items():
-            vals = [float(r[value]) for r in rows if r.get(value) not in (None, "")]
+            healthy = [r for r in rows if not is_diverged(r)]
+            vals = [float(r[value]) for r in healthy if r.get(value) not in (None, "")]
             row = dict(zip(by, key))
             for extra in ("weights_remaining",):
                 if extra in rows[0] and extra not in row:
-                    row[extra] = float(rows[0][extra])
+                    known = [r[extra] for r in rows if r.get(extra) not in (None, "")]
+                    row[extra] = float(known[0]) if known else None
             row.update(mean=statistics.fmean(vals) if vals else math.nan,
-                       std=statistics.stdev(vals) if len(vals) > 1 else 0.0, n=len(vals))
+                       std=statistics.stdev(vals) if len(vals) > 1 else 0.0, n=len(vals),
+                       diverged=len(rows) - len(healthy))
             out.append(row)
         return out
 

@@ -6,6 +6,11 @@ table, e.g. `[prune]`), its help text, its validation (the `Kind`), and its plac
 hash. Settings at their default are left out of the hash, so adding a setting whose default changes
 nothing keeps old run folders valid (OpenLTH's rule). Settings marked `hashed=False` (where files live,
 which device, which seeds to run) never enter the hash.
+
+Values come from three places: command-line text (`Kind.parse`: `--levels 3`, `--seeds 0,1`), TOML files
+(`Kind.from_file`: strict, the TOML type must be the setting's, so `levels = "2"` is refused; a config
+or sweep file is read with a size cap, `MAX_FILE_BYTES`) and Python (`Kind.coerce`, lenient). Every
+count is bounded by what can run (`SEED_LIMIT`, `COUNT_LIMIT`, `LEVEL_LIMIT`, `steps.MAX_ITERATIONS`).
 """
 
 from __future__ import annotations
@@ -23,6 +28,12 @@ from typing import Any, Callable, Iterable
 from . import names, steps
 from .errors import UserError, unknown_name
 
+INT_LIMIT = 2**63 - 1    # every integer setting fits a signed 64-bit integer (what torch takes)
+SEED_LIMIT = 2**32       # seeds are < 2**32: the range of numpy's generator (MNIST-1D); torch takes them too
+COUNT_LIMIT = 1024       # threads, worker processes, stacked models
+LEVEL_LIMIT = 10_000     # pruning levels (each experiment also checks that every layer keeps a weight)
+MAX_FILE_BYTES = 1 << 20  # a config or sweep file lists settings: 1 MiB is plenty
+
 
 # ----------------------------------------------------------------------------------------------- kinds
 class Kind:
@@ -36,15 +47,23 @@ class Kind:
     def coerce(self, value):
         raise NotImplementedError
 
+    def from_file(self, value):
+        """A value read from a TOML file: strict, its TOML type must be the setting's (text is for flags)."""
+        return self.coerce(value)
+
     def to_json(self, value):
         return list(value) if isinstance(value, tuple) else value
+
+
+def _quoted(value) -> str:
+    return " (TOML has types: write the value without quotes)" if isinstance(value, str) else ""
 
 
 class Int(Kind):
     metavar = "N"
 
-    def __init__(self, minimum: int | None = None):
-        self.minimum = minimum
+    def __init__(self, minimum: int | None = None, maximum: int = INT_LIMIT, why: str = ""):
+        self.minimum, self.maximum, self.why = minimum, maximum, why
 
     def coerce(self, value):
         if isinstance(value, bool) or not isinstance(value, (int, str)):
@@ -55,7 +74,19 @@ class Int(Kind):
             raise ValueError(f"expected an integer, got {value!r}") from None
         if self.minimum is not None and v < self.minimum:
             raise ValueError(f"must be >= {self.minimum}, got {v}")
+        if v > self.maximum:
+            raise ValueError(f"must be <= {self.maximum}{self.why}, got {v}")
         return v
+
+    def from_file(self, value):
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ValueError(f"expected an integer, got {value!r}{_quoted(value)}")
+        return self.coerce(value)
+
+
+def Seed() -> Int:
+    """A seed: an integer in [0, 2**32)."""
+    return Int(0, SEED_LIMIT - 1, f" (seeds are < 2**32 = {SEED_LIMIT})")
 
 
 class Float(Kind):
@@ -71,7 +102,7 @@ class Float(Kind):
             raise ValueError(f"expected a number, got {value!r}")
         try:
             v = float(value)
-        except (TypeError, ValueError):
+        except (TypeError, ValueError, OverflowError):
             raise ValueError(f"expected a number, got {value!r}") from None
         if not math.isfinite(v):
             raise ValueError(f"expected a finite number, got {value!r}")
@@ -80,6 +111,13 @@ class Float(Kind):
         if bad_low or bad_high:
             raise ValueError(f"must be in {self.interval()}, got {v:g}")
         return v
+
+    def from_file(self, value):
+        if self.optional and isinstance(value, str) and value.lower() in ("", "none"):
+            return None
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ValueError(f"expected a number, got {value!r}{_quoted(value)}")
+        return self.coerce(value)
 
     def interval(self) -> str:
         lo = "-inf" if self.low is None else f"{self.low:g}"
@@ -99,6 +137,11 @@ class Bool(Kind):
         if text in ("0", "false", "no", "off"):
             return False
         raise ValueError(f"expected true or false, got {value!r}")
+
+    def from_file(self, value):
+        if not isinstance(value, bool):
+            raise ValueError(f"expected true or false, got {value!r}{_quoted(value)}")
+        return value
 
 
 class Text(Kind):
@@ -120,9 +163,14 @@ class Choice(Kind):
 
     def coerce(self, value):
         valid = tuple(self.names())
-        if value not in valid:
+        if not isinstance(value, str) or value not in valid:
             raise unknown_name(self.what, str(value), valid)
         return value
+
+    def from_file(self, value):
+        if not isinstance(value, str):
+            raise ValueError(f"expected a {self.what} name in quotes, got {value!r}")
+        return self.coerce(value)
 
 
 class Step(Kind):
@@ -164,7 +212,14 @@ class ListOf(Kind):
             value = ()
         if not isinstance(value, (list, tuple)):
             value = (value,)
-        items = tuple(self.item.coerce(v) for v in value)
+        return self._checked(tuple(self.item.coerce(v) for v in value))
+
+    def from_file(self, value):
+        if not isinstance(value, list):
+            raise ValueError(f"expected a list (a TOML array such as [{'0, 1' if isinstance(self.item, Int) else '...'}]), got {value!r}")
+        return self._checked(tuple(self.item.from_file(v) for v in value))
+
+    def _checked(self, items: tuple) -> tuple:
         if self.nonempty and not items:
             raise ValueError("must not be empty")
         if self.unique and len(set(items)) != len(items):
@@ -187,6 +242,11 @@ class Optional(Kind):
             return None
         return self.inner.coerce(value)
 
+    def from_file(self, value):   # TOML has no null: "none" says unset
+        if isinstance(value, str) and value.strip().lower() in ("", "none"):
+            return None
+        return self.inner.from_file(value)
+
 
 class Rates(Kind):
     """Per-layer prune fractions: `fc1.weight=0.2,fc3.weight=0.1` (a TOML table works too)."""
@@ -205,10 +265,20 @@ class Rates(Kind):
     def coerce(self, value):
         if isinstance(value, str):
             return self.parse(value)
-        items = value.items() if isinstance(value, dict) else value
+        if isinstance(value, dict):
+            items = list(value.items())
+        elif isinstance(value, (list, tuple)) and all(isinstance(p, (list, tuple)) and len(p) == 2 for p in value):
+            items = list(value)
+        else:
+            raise ValueError(f"expected LAYER=FRACTION pairs (in TOML a table such as {{ \"fc1.weight\" = 0.3 }}), got {value!r}")
         frac = Float(0.0, 1.0, high_open=True)
-        out = tuple(sorted((str(k), frac.coerce(v)) for k, v in items))
-        return out
+        return tuple(sorted((str(k), frac.coerce(v)) for k, v in items))
+
+    def from_file(self, value):
+        if not isinstance(value, dict):
+            raise ValueError(f"expected a table of LAYER = FRACTION, e.g. {{ \"fc1.weight\" = 0.3 }}, got {value!r}")
+        frac = Float(0.0, 1.0, high_open=True)
+        return tuple(sorted((k, frac.from_file(v)) for k, v in value.items()))
 
     def to_json(self, value):
         return dict(value)
@@ -230,9 +300,10 @@ class Setting:
     hashed: bool
     flag: str
 
-    def coerce(self, value, source: str):
+    def coerce(self, value, source: str, strict: bool = False):
+        """`value` checked and made canonical; `strict`: it was read from a TOML file (`Kind.from_file`)."""
         try:
-            return self.kind.coerce(value)
+            return self.kind.from_file(value) if strict else self.kind.coerce(value)
         except ValueError as e:
             raise UserError(f"{source}: {e}") from None
 
@@ -268,43 +339,85 @@ def build(spec_cls, values: dict[str, Any]):
     for name, cls in group_classes(spec_cls).items():
         groups[name] = cls(**by_group.get(name, {}))
     spec = spec_cls(**groups)
+    train = getattr(spec, "train", None)
+    if isinstance(train, TrainSpec):
+        train.check()
     check = getattr(spec, "validate", None)
     if check:
         check()
     return spec
 
 
-def from_mapping(spec_cls, mapping: dict, source: str = "spec"):
-    """Flat or grouped dict (TOML, JSON, Python keywords) -> spec. Unknown keys are refused by name."""
+def from_mapping(spec_cls, mapping: dict, source: str = "spec", strict: bool = False):
+    """Flat or grouped dict (TOML, JSON, Python keywords) -> spec. Unknown keys are refused by name, and so
+    are a setting given twice (flat and under its table) and a setting under another group's table.
+    `strict`: the values were read from a TOML file, so their types must be the settings' own
+    (`Kind.from_file`: `levels = "2"` is refused)."""
     table = {s.name: s for s in settings_of(spec_cls)}
     groups = group_classes(spec_cls)
-    values = {}
+    values, where_given = {}, {}
 
-    def take(key, value, where):
-        name = key.replace("-", "_")
+    def take(key, value, where, group=None):
+        name = str(key).replace("-", "_")
         if name not in table:
             raise UserError(f"{where}: unknown setting {key!r}; valid: {', '.join(sorted(table))}")
-        values[name] = table[name].coerce(value, f"{where}: {name}")
+        if group is not None and table[name].group != group:
+            raise UserError(f"{where}: {name} is not a [{group}] setting; put it under [{table[name].group}] (or at the top)")
+        place = "at the top" if group is None else f"under [{group}]"
+        if name in values:
+            raise UserError(f"{source}: {name} is given twice, {where_given[name]} and {place}; give it once")
+        values[name] = table[name].coerce(value, f"{where}: {name}", strict)
+        where_given[name] = place
 
     for key, value in mapping.items():
         if key in groups and isinstance(value, dict):
             for k, v in value.items():
-                take(k, v, f"{source} [{key}]")
+                take(k, v, f"{source} [{key}]", key)
+        elif isinstance(value, dict) and str(key).replace("-", "_") not in table:
+            raise UserError(f"{source}: unknown table [{key}]; valid tables: {', '.join(groups)}")
         else:
             take(key, value, source)
     return build(spec_cls, values)
 
 
-def from_toml(spec_cls, path: str | Path, overrides: dict | None = None):
+def read_toml(path: str | Path, what: str = "config file", hint: str = "a TOML file of settings") -> dict:
+    """A TOML file's contents, read with a size cap (`MAX_FILE_BYTES`); every failure is one UserError line."""
+    if str(path).strip() == "":
+        raise UserError(f"{what}: the file name is empty (expected {hint})")
     path = Path(path)
     try:
-        mapping = tomllib.loads(path.read_text(encoding="utf-8"))
+        if path.is_dir():
+            raise UserError(f"{what} {path} is a directory (expected {hint})")
+        with path.open("rb") as f:
+            data = f.read(MAX_FILE_BYTES + 1)
     except FileNotFoundError:
-        raise UserError(f"config file {path} does not exist (expected a TOML file of settings)") from None
-    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
-        raise UserError(f"{path}: not valid TOML ({e})") from None
-    mapping.pop("experiment", None)
-    spec = from_mapping(spec_cls, mapping, str(path))
+        raise UserError(f"{what} {path} does not exist (expected {hint})") from None
+    except OSError as e:
+        raise UserError(f"{what} {path}: cannot read ({e.strerror or e})") from None
+    if len(data) > MAX_FILE_BYTES:
+        raise UserError(f"{what} {path} is larger than {MAX_FILE_BYTES >> 20} MiB, the limit of a settings file (expected {hint})")
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise UserError(f"{path}: not valid TOML (not UTF-8 text: byte {e.start} is {data[e.start:e.start + 1]!r})") from None
+    try:
+        return tomllib.loads(text)
+    except RecursionError:
+        raise UserError(f"{path}: not valid TOML (nested too deeply)") from None
+    except tomllib.TOMLDecodeError as e:
+        raise UserError(f"{path}: not valid TOML ({str(e).splitlines()[0] if str(e) else type(e).__name__})") from None
+
+
+def from_toml(spec_cls, path: str | Path, overrides: dict | None = None):
+    """Spec from a TOML config file (flat or grouped settings, strictly typed), then `overrides`. The file
+    may name its experiment (`experiment = "lottery"`); naming another one is refused."""
+    mapping = read_toml(path)
+    if "experiment" in mapping:
+        named = mapping.pop("experiment")
+        if named != spec_cls.experiment:
+            raise UserError(f"{path}: experiment = {named!r}, but this command runs {spec_cls.experiment!r}; "
+                            f"use that experiment's command, or remove the line")
+    spec = from_mapping(spec_cls, mapping, str(path), strict=True)
     return replace(spec, **(overrides or {})) if overrides else spec
 
 
@@ -363,7 +476,7 @@ def from_arguments(spec_cls, namespace: argparse.Namespace, config: str | None =
     table = {s.name: s for s in settings_of(spec_cls)}
     given = {name: table[name].parse(text, table[name].flag)
              for name, text in vars(namespace).items() if name in table}
-    if config:
+    if config is not None:
         return from_toml(spec_cls, config, given)
     return build(spec_cls, given)
 
@@ -399,8 +512,8 @@ class DataSpec:
     data_dir: str = setting("data", "folder holding data files (MNIST-1D is generated and cached here)", Text(), hashed=False)
     subsample: float = setting(1.0, "fraction of the training set kept (seeded by --data-seed)", Float(0, 1, low_open=True))
     random_labels: float = setting(0.0, "fraction of training labels replaced by uniformly random ones", Float(0, 1))
-    data_seed: int = setting(0, "seed of subsampling and label randomisation", Int(0))
-    mnist1d_seed: int = setting(42, "seed given to the MNIST-1D generator (42 = the published set)", Int(0))
+    data_seed: int = setting(0, "seed of subsampling and label randomisation (< 2**32)", Seed())
+    mnist1d_seed: int = setting(42, "seed given to the MNIST-1D generator (42 = the published set; < 2**32)", Seed())
     augment: bool = setting(True, "use the data set's train-time augmentation (CIFAR-10: crop pad 4 + flip)", Bool())
 
 
@@ -428,17 +541,29 @@ class TrainSpec:
     milestones: tuple = setting((), "steps where the milestones schedule multiplies the rate by --gamma, e.g. 80ep,120ep", ListOf(Step(), nonempty=False))
     gamma: float = setting(0.1, "factor of the milestones schedule", Float(0, 1, low_open=True))
     warmup: str = setting("0it", "linear learning-rate warmup length", Step())
-    eval_every: str = setting("1ep", "evaluate on the test set this often (and at the end)", Step())
+    eval_every: str = setting("1ep", "evaluate on the test set this often, at least 1it (and at the end)", Step())
     eval_batch_size: int = setting(10000, "batch size of evaluation", Int(1), hashed=False)
-    checkpoint_every: str = setting("0it", "save a resumable checkpoint this often (0it: at every evaluation)", Step(), hashed=False)
+    checkpoint_every: str = setting("0it", "save a resumable checkpoint this often (0it: at the first evaluation after every "
+                                    "10 s of training, so trainings shorter than 10 s write none)", Step(), hashed=False)
     device: str = setting("cpu", "torch device: cpu, cuda, cuda:1, mps", Text(), hashed=False)
-    threads: int = setting(0, "torch intra-op threads per process (0: one; cores are used by --workers)", Int(0), hashed=False)
-    workers: int = setting(0, "worker processes for independent trainings (0: automatic; 1: this process only)", Int(0), hashed=False)
-    max_batch: int = setting(0, "models stacked into one per step (0: automatic; 1: no stacking)", Int(0), hashed=False)
+    threads: int = setting(0, "torch intra-op threads per process (0: one; cores are used by --workers)", Int(0, COUNT_LIMIT), hashed=False)
+    workers: int = setting(0, "worker processes for independent trainings (0: automatic; 1: this process only)", Int(0, COUNT_LIMIT), hashed=False)
+    max_batch: int = setting(0, "models stacked into one per step (0: automatic; 1: no stacking)", Int(0, COUNT_LIMIT), hashed=False)
     executor: str = setting("local", "where units run: local (worker processes on this machine) or ray (a Ray cluster; "
                             "--out must be a folder every node sees)", Choice("executor", lambda: EXECUTORS), hashed=False)
     ray_address: str = setting("", "address of a running Ray cluster for --executor ray (empty: start a local Ray instance)",
                                Text(), hashed=False)
+
+    def check(self) -> None:
+        """What is wrong whatever the data: checked with every spec (`build`), before torch is imported."""
+        if steps.parse(self.steps) == (0, 0):
+            raise UserError(f"--steps {self.steps}: training must be at least one iteration")
+        if steps.parse(self.eval_every) == (0, 0):
+            raise UserError(f"--eval-every {self.eval_every}: must be at least one iteration (1it evaluates after every step)")
+        if self.nesterov and self.optimizer != "sgd":
+            raise UserError(f"--nesterov true applies to --optimizer sgd only (got --optimizer {self.optimizer})")
+        if self.nesterov and self.momentum == 0:
+            raise UserError("--nesterov true needs --momentum > 0 (Nesterov momentum with no momentum is plain SGD)")
 
 
 @dataclass(frozen=True)

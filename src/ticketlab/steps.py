@@ -12,6 +12,7 @@ from .errors import UserError
 
 _STEP = re.compile(r"^\s*(?:(\d+)\s*ep)?\s*(?:(\d+)\s*it)?\s*$")
 FORMS = "'<N>it', '<N>ep' or '<N>ep<M>it' (e.g. 500it, 2ep, 1ep50it)"
+MAX_ITERATIONS = 10**9   # no step (and no training) is longer: checked on the text here, in iterations once resolved
 
 
 def parse(text: str) -> tuple[int, int]:
@@ -29,7 +30,12 @@ def resolve(text: str, iterations_per_epoch: int) -> int:
 
 
 def check(text: str) -> str:
-    parse(text)
+    """`text` without spaces, if it is a step whose numbers are at most MAX_ITERATIONS (else UserError)."""
+    if len(str(text)) > 64:
+        raise UserError(f"bad step {str(text)[:20]}... ({len(str(text))} characters); expected {FORMS}")
+    epochs, iterations = parse(text)
+    if max(epochs, iterations) > MAX_ITERATIONS:
+        raise UserError(f"step {text!r} is too long: at most {MAX_ITERATIONS} (10**9) epochs or iterations")
     return str(text).replace(" ", "")
 
 

@@ -19,9 +19,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from . import spec as specs
-from .errors import UserError
+from .errors import Fault, UserError
 from .io import (CorruptFile, atomic_write_bytes, sha256_bytes, sha256_file, tensors_from_bytes,
-                 tensors_to_bytes, to_json)
+                 tensors_to_bytes, to_json, to_json_line)
 
 if TYPE_CHECKING:  # torch only in annotations: `ticketlab show` reads run folders without importing it
     import torch
@@ -38,7 +38,7 @@ def encode(name: str, payload: Any) -> bytes:
     if name.endswith(".json"):
         return to_json(payload).encode()
     if name.endswith(".jsonl"):
-        return "".join(json.dumps(r, sort_keys=True) + "\n" for r in payload).encode()
+        return "".join(to_json_line(r) + "\n" for r in payload).encode()
     if name.endswith(".csv"):
         return rows_to_csv(payload).encode()
     return payload if isinstance(payload, bytes) else str(payload).encode()
@@ -79,11 +79,18 @@ class Unit:
 
     # -------------------------------------------------------------------------------------- manifest
     def manifest(self) -> dict | None:
+        """The manifest, or None when it is missing or malformed (an entry of the wrong type, say): then the
+        unit counts as not done and is recomputed."""
         try:
             m = json.loads((self.path / MANIFEST).read_bytes())
-            return m if isinstance(m, dict) and isinstance(m.get("files"), dict) else None
         except (OSError, ValueError):
             return None
+        if not isinstance(m, dict) or not isinstance(m.get("files"), dict):
+            return None
+        for entry in m["files"].values():
+            if not (isinstance(entry, dict) and type(entry.get("size")) is int and isinstance(entry.get("sha256"), str)):
+                return None
+        return m
 
     def is_done(self) -> bool:
         """Complete and intact. Verified once per process; later calls trust the first check."""
@@ -191,14 +198,23 @@ class Run(Unit):
         super().__init__(path)
         self.spec = spec
 
+    @staticmethod
+    def folder(out: str | os.PathLike, spec) -> Path:
+        """The run folder of `spec` under `out`: `<out>/<experiment>-<hash>`."""
+        return Path(out) / f"{spec.experiment}-{specs.spec_hash(spec)}"
+
     @classmethod
     def open(cls, out: str | os.PathLike, spec, *, force: bool = False) -> "Run":
         """Create or reopen `<out>/<experiment>-<hash>/`. `force` discards what an earlier run left."""
-        path = Path(out) / f"{spec.experiment}-{specs.spec_hash(spec)}"
+        path = cls.folder(out, spec)
         if force and path.exists():
             trash = path.with_name(f".{path.name}.discarded-{os.getpid()}")
             os.replace(path, trash)  # one atomic step: a kill during the delete leaves no half-run
-            shutil.rmtree(trash)
+            try:
+                shutil.rmtree(trash)
+            except OSError as e:
+                raise Fault(f"{trash}: cannot delete the discarded run folder ({e.strerror or e} at {e.filename}); "
+                            f"make it writable (chmod -R u+w) and delete it, then run the same command again") from None
         run = cls(path, spec)
         record = {"experiment": spec.experiment, "hash": specs.spec_hash(spec),
                   "non_default": specs.non_default(spec), "spec": specs.to_dict(spec)}

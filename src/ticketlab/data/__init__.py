@@ -135,6 +135,8 @@ def load(
     """
     if name not in DATASETS:
         raise unknown_name("dataset", name, DATASETS)
+    if Path(data_dir).exists() and not Path(data_dir).is_dir():
+        raise UserError(f"--data-dir {data_dir} is a file, not a folder; give the folder that holds (or will cache) the data files")
     sub = _fraction(subsample, "subsample", allow_zero=False)
     rl = _fraction(random_labels, "random_labels", allow_zero=True)
     data_seed = int(data_seed)

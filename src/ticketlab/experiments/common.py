@@ -1,10 +1,13 @@
 """What every experiment does before its first step: check the spec against the data, load the data onto
 the device, and know how to build the model. Everything here happens before a run folder is created,
-so bad input never leaves a half-written run behind."""
+so bad input never leaves a half-written run behind: what needs the data set (the batch size against the
+training set, steps in iterations, warmup and milestones before the end) or the model's shapes (its
+memory estimate against the memory available, from a model on the meta device) is checked here."""
 
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass
 
 import torch
@@ -14,6 +17,7 @@ from .. import data as datasets
 from .. import models, steps
 from ..data.batches import BatchOrder
 from ..errors import UserError
+from ..run.plan import check_model_fits
 from ..train import Schedule
 
 
@@ -54,12 +58,30 @@ class Setup:
                              data_seed=d.data_seed, mnist1d_seed=d.mnist1d_seed)
         if not d.augment:
             data = dataclasses.replace(data, augment=None)
-        if device.type != "cpu":
-            data = dataclasses.replace(data, **{k: getattr(data, k).to(device) for k in ("train_x", "train_y", "test_x", "test_y")})
+        n = len(data.train_y)
+        if t.batch_size > n:
+            raise UserError(f"--batch-size {t.batch_size} is larger than the training set ({n} samples of {d.dataset}"
+                            f"{' after --subsample' if d.subsample < 1 else ''}); use at most {n} ({n}: full batch)")
         ipe = BatchOrder(data, t.batch_size, 0).iterations_per_epoch
         total = steps.resolve(t.steps, ipe)
         if total <= 0:
             raise UserError(f"--steps {t.steps}: training must be at least one iteration")
+        if total > steps.MAX_ITERATIONS:
+            raise UserError(f"--steps {t.steps} is {total} iterations ({ipe} per epoch); at most {steps.MAX_ITERATIONS} (10**9)")
+        warmup = steps.resolve(t.warmup, ipe)
+        if warmup >= total:
+            raise UserError(f"--warmup {t.warmup} ({warmup} iterations) is not before the end of training "
+                            f"(--steps {t.steps} = {total} iterations)")
+        for m in t.milestones:
+            if steps.resolve(m, ipe) >= total:
+                raise UserError(f"--milestones: {m} ({steps.resolve(m, ipe)} iterations) is not before the end of training "
+                                f"(--steps {t.steps} = {total} iterations), so it would never apply")
+        m = spec.model
+        shapes_only = models.build(m.model, data.input_shape, data.num_classes, seed=0, init=m.init, widths=m.widths, meta=True)
+        check_model_fits(shapes_only, t.batch_size, math.prod(data.input_shape), f"--model {m.model}"
+                         + (f" --widths {','.join(map(str, m.widths))}" if m.widths else ""))
+        if device.type != "cpu":
+            data = dataclasses.replace(data, **{k: getattr(data, k).to(device) for k in ("train_x", "train_y", "test_x", "test_y")})
         setup = cls(spec, data, device, ipe, total, Schedule.from_spec(t, ipe))
         setup.build_model(0)  # unknown widths etc. fail here, before anything is written
         return setup

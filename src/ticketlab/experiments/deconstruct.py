@@ -22,7 +22,7 @@ from __future__ import annotations
 
 from .. import seeding
 from ..report import plots
-from ..results import Results
+from ..results import Results, diverged_columns
 from ..sparse import Mask
 from ..sparse.actions import mask_one, with_actions
 from ..store import Run, Unit
@@ -133,6 +133,11 @@ class Deconstruct(Experiment):
     def finish(self, key, job, fitted, seconds: float) -> dict:
         return self.chain(key).finish(("ticket", key[2], key[3]), job, fitted, seconds)
 
+    def describe(self, key, job=None) -> dict:
+        if key[0] == "untrained":
+            return {"level": key[4], "weights_remaining": None}
+        return self.chain(key).describe(("ticket", key[2], key[3]), job)
+
     def row(self, key, result: dict) -> dict:
         d = self.spec.deconstruct
         if key[0] == "untrained":
@@ -161,7 +166,7 @@ class Deconstruct(Experiment):
 
     def report(self, results: dict) -> Report:
         spec = self.spec
-        rows = [{k: r.get(k) for k in COLUMNS} for level in range(spec.deconstruct.levels + 1)
+        rows = [{**{k: r.get(k) for k in COLUMNS}, **diverged_columns(r)} for level in range(spec.deconstruct.levels + 1)
                 for r in (self.row(k, results[k]) for k in self.level_keys(level))]
         results_table = Results(rows)
         summary = results_table.summary(("criterion", "mask_one", "mask_zero", "phase", "level"))
@@ -184,9 +189,10 @@ class Deconstruct(Experiment):
 EXPERIMENT = Deconstruct   # what a sweep of this experiment runs
 
 
-def run(spec: DeconstructSpec, *, out: str = "runs", force: bool = False, progress: bool | None = None) -> Results:
+def run(spec: DeconstructSpec, *, out: str = "runs", force: bool = False, progress: bool | None = None,
+        wait: bool = False) -> Results:
     """Run (or resume) the deconstruct grid; returns tidy rows (`phase` trained / untrained)."""
-    return runner.run(Deconstruct, spec, out=out, force=force, progress=progress)
+    return runner.run(Deconstruct, spec, out=out, force=force, progress=progress, wait=wait)
 
 
 def _row(result: dict, criterion: str, action: str, mask_zero: str, phase: str) -> dict:

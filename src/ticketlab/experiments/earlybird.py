@@ -31,7 +31,7 @@ from ..errors import UserError
 from ..instruments import channel_prune
 from ..instruments.mask_distance import EarlyBird, bn_layers, distance_matrix, global_mask, scores
 from ..report import plots
-from ..results import Results
+from ..results import Results, diverged_columns, diverged_count, is_diverged
 from ..sparse import Mask
 from ..store import Unit
 from ..train.fit import Checkpoints
@@ -233,10 +233,23 @@ class EarlyBirdTickets(Experiment):
         final = {k: v.detach().cpu() for k, v in model.state_dict().items()}
         return {"final.safetensors": final, "metrics.jsonl": fitted.metrics, "result.json": result}
 
+    def describe(self, key, job=None) -> dict:
+        kind, seed, *rest = key
+        if kind == "search":
+            return {"seed": seed}
+        drawn = self._drawn.pop(key, None)
+        if drawn is not None:
+            return drawn
+        if kind == "p":
+            return {"seed": seed, "prune_ratio": rest[0], "eb_found": None, "eb_epoch": None}
+        return {"seed": seed, "prune_ratio": self.spec.earlybird.prune_ratios[0], "epoch": rest[0]}
+
     # ----------------------------------------------------------------------------------------- report
     def row(self, seed: int, r: float, done: dict) -> dict:
         """A ticket's row: its result and its cost against full training + pruning + the same retraining."""
         info, res = done[("search", seed)], done[("p", seed, r)]
+        if is_diverged(res):
+            return {**res, "search_steps": None, "flops_vs_full": None, "time_vs_full": None, **diverged_columns(res)}
         T, batch = self.setup.total_steps, self.spec.train.batch_size
         dense_flops, per_step = info["dense_forward_flops"], info["search_seconds"] / max(info["search_steps"], 1)
         search_steps = res["eb_epoch"] * self.setup.iterations_per_epoch
@@ -251,6 +264,8 @@ class EarlyBirdTickets(Experiment):
             return []
         _, seed, r = key
         row = self.row(seed, r, done)
+        if is_diverged(row):
+            return [f"seed {seed} p={r:g}: diverged ({row.get('diverged_reason')})"]
         return [f"seed {seed} p={r:g}: early bird at epoch {row['eb_epoch']}{'' if row['eb_found'] else ' (not found: last epoch)'}, "
                 f"retrained {100 * row['test_accuracy']:.2f}%, training FLOPs {row['flops_vs_full']:.2f}x "
                 f"and time {row['time_vs_full']:.2f}x of full training + pruning"]
@@ -258,24 +273,30 @@ class EarlyBirdTickets(Experiment):
     def report(self, results: dict) -> Report:
         spec, o = self.spec, self.spec.earlybird
         seeds, ratios = list(o.seeds), o.prune_ratios
-        table = Results([{k: row.get(k) for k in COLUMNS} for s in seeds for row in (self.row(s, r, results) for r in ratios)])
+        table = Results([{**{k: row.get(k) for k in COLUMNS}, **diverged_columns(row)}
+                         for s in seeds for row in (self.row(s, r, results) for r in ratios)])
         by_epoch = [results[("epoch", s, e)] for s in seeds for e in range(1, self.epochs + 1)
-                    if o.eb_every_epoch and results[("epoch", s, e)].get("drawn", True)]
+                    if o.eb_every_epoch and results[("epoch", s, e)].get("drawn", True)
+                    and not is_diverged(results[("epoch", s, e)])]
         searches = {s: results[("search", s)] for s in seeds}
-        first = seeds[0]
-        cb = self.search_of(first)
-        matrices = {f"p={r:g}": distance_matrix(cb.masks[r]).tolist() for r in ratios}
-        summary = {"experiment": spec.experiment, "seeds": seeds,
-                   "eb_epoch_by_ratio": {str(r): [searches[s]["found"][str(r)] for s in seeds] for r in ratios},
-                   "test_accuracy_by_ratio": {str(r): statistics.fmean(x["test_accuracy"] for x in table.where(prune_ratio=r))
-                                              for r in ratios},
-                   "flops_vs_full_by_ratio": {str(r): statistics.fmean(x["flops_vs_full"] for x in table.where(prune_ratio=r))
-                                              for r in ratios},
+        healthy = [s for s in seeds if not is_diverged(searches[s])]   # the mask-distance plot needs a search's masks
+        first = healthy[0] if healthy else seeds[0]
+        cb = self.search_of(first) if healthy else None
+        matrices = {f"p={r:g}": distance_matrix(cb.masks[r]).tolist() for r in ratios} if cb else {}
+
+        def mean_of(column: str, r: float) -> float | None:   # over the tickets that did not diverge
+            values = [x[column] for x in table.where(prune_ratio=r) if not is_diverged(x)]
+            return statistics.fmean(values) if values else None
+
+        summary = {"experiment": spec.experiment, "seeds": seeds, "diverged": diverged_count(table.rows),
+                   "eb_epoch_by_ratio": {str(r): [searches[s].get("found", {}).get(str(r)) for s in seeds] for r in ratios},
+                   "test_accuracy_by_ratio": {str(r): mean_of("test_accuracy", r) for r in ratios},
+                   "flops_vs_full_by_ratio": {str(r): mean_of("flops_vs_full", r) for r in ratios},
                    "search": {str(s): searches[s] for s in seeds},
-                   "mask_distance": {f"{r:g}": matrices[f"p={r:g}"] for r in ratios}}
+                   "mask_distance": {f"{r:g}": matrices[f"p={r:g}"] for r in ratios} if cb else {}}
         title = f"{spec.model.model} on {spec.data.dataset}"
         files = {"mask_distance.png": plots.mask_distance_matrix(
-            matrices, f"{title}: mask distance between epochs (seed {first})", {f"p={r:g}": cb.found[r] for r in ratios})}
+            matrices, f"{title}: mask distance between epochs (seed {first})", {f"p={r:g}": cb.found[r] for r in ratios})} if cb else {}
         if by_epoch:
             files["tickets_by_epoch.csv"] = by_epoch
             series = {}
@@ -284,7 +305,7 @@ class EarlyBirdTickets(Experiment):
                 series[f"seed {s}, p={ratios[0]:g}"] = ([r["epoch"] for r in rows], [r["test_accuracy"] for r in rows])
             info = searches[first]
             files["tickets_by_epoch.png"] = plots.ticket_accuracy_by_epoch(
-                series, f"{title}: tickets drawn at each epoch", info["dense_accuracy"] if info["stopped_early"] is False else None)
+                series, f"{title}: tickets drawn at each epoch", info.get("dense_accuracy") if info.get("stopped_early") is False else None)
         return Report(table.rows, summary, files)
 
 
@@ -295,9 +316,10 @@ def channel_prune_classes():
 
 
 # ------------------------------------------------------------------------------------------------- run
-def run(spec: EarlyBirdSpec, *, out: str = "runs", force: bool = False, progress: bool | None = None) -> Results:
+def run(spec: EarlyBirdSpec, *, out: str = "runs", force: bool = False, progress: bool | None = None,
+        wait: bool = False) -> Results:
     """Run (or resume) the early-bird experiment; returns one row per seed and pruning ratio."""
-    return runner.run(EarlyBirdTickets, spec, out=out, force=force, progress=progress)
+    return runner.run(EarlyBirdTickets, spec, out=out, force=force, progress=progress, wait=wait)
 
 
 EXPERIMENT = EarlyBirdTickets   # what a sweep of this experiment runs

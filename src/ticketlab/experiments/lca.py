@@ -19,7 +19,7 @@ from ..errors import UserError
 from ..instruments.lca import STEP_COLUMNS, LCARecorder
 from ..io import CorruptFile, load_tensors
 from ..report import plots
-from ..results import Results
+from ..results import Results, diverged_columns, is_diverged
 from ..sparse import Mask
 from ..store import Unit
 from ..train.fit import Checkpoints
@@ -74,6 +74,16 @@ def recorder_files(rec: LCARecorder) -> dict:
             "lca_layers.json": {"layers": rec.layers, "neurons": rec.neurons}, "lca_summary.json": rec.summary()}
 
 
+def heat_map_layer(settings: LCASettings, model, model_name: str) -> str:
+    """The layer (module name) of the per-neuron heat map: `--lca-layer`, or the model's first; a name that
+    is not a layer of the model is refused (by `lca` and by `lottery --lca true` alike)."""
+    layers = [name.rsplit(".", 1)[0] for name, _ in model.named_parameters()]
+    layer = settings.lca_layer or layers[0]
+    if layer not in layers:
+        raise UserError(f"--lca-layer {layer!r}: not a layer of {model_name}; valid: {', '.join(dict.fromkeys(layers))}")
+    return layer
+
+
 def load_mask(path: str, model) -> Mask | None:
     if not path:
         return None
@@ -102,10 +112,7 @@ class LCA(Experiment):
         super().__init__(spec, setup)
         probe = setup.new_model_like()
         self.mask = load_mask(spec.options.mask, probe)
-        layers = [name.rsplit(".", 1)[0] for name, _ in probe.named_parameters()]
-        self.layer = spec.lca.lca_layer or layers[0]
-        if self.layer not in layers:
-            raise UserError(f"--lca-layer {self.layer!r}: not a layer of {spec.model.model}; valid: {', '.join(dict.fromkeys(layers))}")
+        self.layer = heat_map_layer(spec.lca, probe, spec.model.model)
         loss_set(spec.lca, setup)
 
     def units(self) -> list[Work]:
@@ -139,7 +146,12 @@ class LCA(Experiment):
         return files   # the streamed parameters/ folder stays beside them
 
     # ----------------------------------------------------------------------------------------- report
+    def describe(self, seed, job=None) -> dict:
+        return {"seed": seed, "weights_remaining": self.mask.density() if self.mask else 1.0}
+
     def progress_lines(self, seed, result: dict, done: dict) -> list[str]:
+        if is_diverged(result):
+            return [f"seed {seed}: diverged ({result.get('diverged_reason')})"]
         return [f"seed {seed}: test accuracy {100 * result['test_accuracy']:.2f}%, "
                 f"{100 * result['fraction_helped']:.1f}% of parameters help per step, "
                 f"relative error {result['relative_error']:.2e}"]
@@ -147,21 +159,26 @@ class LCA(Experiment):
     def report(self, results: dict) -> Report:
         spec, seeds = self.spec, list(self.spec.options.seeds)
         res = [results[s] for s in seeds]
-        lca = {s: self.unit_of(s).read("lca.safetensors") for s in seeds}
-        layers = {s: self.unit_of(s).read("lca_layers.json") for s in seeds}
+        healthy = [s for s in seeds if not is_diverged(results[s])]   # a diverged seed stores no LCA
+        lca = {s: self.unit_of(s).read("lca.safetensors") for s in healthy}
+        layers = {s: self.unit_of(s).read("lca_layers.json") for s in healthy}
         rows = []
         for seed, result in zip(seeds, res):
+            if seed not in layers:
+                rows.append({"seed": seed, "layer": None, "lca": None, "hurts": None, "fraction_helped": None,
+                             "relative_error": None, "test_accuracy": None, **diverged_columns(result)})
+                continue
             for name in layers[seed]["layers"]:   # model order (JSON sorts the totals' keys)
                 total = result["layer_totals"][name]
                 rows.append({"seed": seed, "layer": name, "lca": total, "hurts": total > 0,
                              "fraction_helped": result["fraction_helped"], "relative_error": result["relative_error"],
-                             "test_accuracy": result["test_accuracy"]})
-        summary = {"experiment": spec.experiment, "seeds": seeds,
-                   "relative_error": statistics.fmean(r["relative_error"] for r in res),
-                   "fraction_helped": statistics.fmean(r["fraction_helped"] for r in res),
-                   "test_accuracy": statistics.fmean(r["test_accuracy"] for r in res),
-                   "by_seed": res}
-        return Report(rows, summary, self.plots(seeds, lca, layers[seeds[0]]))
+                             "test_accuracy": result["test_accuracy"], **diverged_columns(result)})
+        kept = [results[s] for s in healthy]
+        mean = lambda column: statistics.fmean(r[column] for r in kept) if kept else None
+        summary = {"experiment": spec.experiment, "seeds": seeds, "diverged": len(seeds) - len(healthy),
+                   "relative_error": mean("relative_error"), "fraction_helped": mean("fraction_helped"),
+                   "test_accuracy": mean("test_accuracy"), "by_seed": res}
+        return Report(rows, summary, self.plots(healthy, lca, layers[healthy[0]]) if healthy else {})
 
     def plots(self, seeds: list, lca: dict, first_layers: dict) -> dict:
         spec, layer = self.spec, self.layer
@@ -181,9 +198,10 @@ class LCA(Experiment):
 
 
 # ------------------------------------------------------------------------------------------------- run
-def run(spec: LCASpec, *, out: str = "runs", force: bool = False, progress: bool | None = None) -> Results:
+def run(spec: LCASpec, *, out: str = "runs", force: bool = False, progress: bool | None = None,
+        wait: bool = False) -> Results:
     """Run (or resume) the LCA experiment; returns one row per seed and layer."""
-    return runner.run(LCA, spec, out=out, force=force, progress=progress)
+    return runner.run(LCA, spec, out=out, force=force, progress=progress, wait=wait)
 
 
 EXPERIMENT = LCA   # what a sweep of this experiment runs

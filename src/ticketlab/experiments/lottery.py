@@ -25,8 +25,10 @@ import torch
 from .. import seeding
 from ..errors import UserError
 from ..report import plots
-from ..results import Results
+from ..results import Results, diverged_columns
 from ..sparse import Mask, layer_fractions, prune, random_mask_like, score
+from ..sparse.allocation import pools
+from ..sparse.schedule import most_levels
 from ..store import Unit
 from ..train import Schedule
 from ..train.fit import Checkpoints
@@ -34,7 +36,7 @@ from ..train.jobs import Job
 from ..train.callbacks import Snapshot
 from ..run import Experiment, Report, Work, runner
 from .common import Setup
-from .lca import recorder, recorder_files
+from .lca import heat_map_layer, recorder, recorder_files
 from .. import models
 
 from ..specs.lottery import RETRAIN, CONTROLS, LotteryOptions, LotteryLCA, LotterySpec  # noqa: F401 (torch-free, for the CLI)
@@ -66,6 +68,27 @@ class Plan:
         return cls(total, rewind, retrain)
 
 
+def check_levels(levels: int, flag: str, probe, prune_spec) -> None:
+    """Refuse more pruning levels than leave at least one weight in every prunable layer (with
+    `--prune-scope global`, in every pool of layers pruned together) at the spec's prune fractions."""
+    p = prune_spec
+    names = models.prunable_names(probe)
+    fractions = layer_fractions(names, models.output_name(probe), p.prune_fraction, p.output_prune_fraction,
+                                p.layer_prune_fractions)
+    sizes = {n: w.numel() for n, w in probe.named_parameters()}
+    limits = []
+    for group, fraction in pools(names, fractions, p.prune_scope, p.prune_fraction):
+        total = sum(sizes[n] for n in group)
+        limits.append((most_levels(total, fraction, levels), group, total, fraction))
+    if not limits:
+        return
+    most, group, total, fraction = min(limits, key=lambda x: x[0])
+    if most < levels:
+        what = group[0] if len(group) == 1 else f"the {len(group)} layers pruned together"
+        raise UserError(f"{flag} {levels}: {what} ({total} weights, {fraction:g} pruned per level) keeps no weight "
+                        f"after level {most}; use at most {most} levels, or prune less per level")
+
+
 # ----------------------------------------------------------------------------------------------- units
 class Lottery(Experiment):
     """The units of one lottery experiment: per seed, the dense network (level 0, one uninterrupted training
@@ -85,6 +108,9 @@ class Lottery(Experiment):
         p = spec.prune
         self.fractions = layer_fractions(self.prunable, self.output, p.prune_fraction, p.output_prune_fraction,
                                          p.layer_prune_fractions)
+        check_levels(spec.lottery.levels, "--levels", probe, p)
+        if spec.lca.lca or spec.lca.lca_layer:
+            heat_map_layer(spec.lca, probe, spec.model.model)
         self.stack_limit = 1 if spec.lca.lca else 0   # LCA watches one model at a time
 
     def arms(self, level: int) -> list[str]:
@@ -212,6 +238,11 @@ class Lottery(Experiment):
                               lca_fraction_helped=summary.get("fraction_helped"))
         return {**files, "result.json": result}
 
+    def describe(self, key, job=None) -> dict:
+        arm, seed, level = key
+        mask = job.mask if job is not None else None
+        return {"level": level, "weights_remaining": mask.density() if mask is not None else None, "arm": arm, "seed": seed}
+
     # ----------------------------------------------------------------------------------------- report
     def header_lines(self) -> list[str]:
         self._printed = 0
@@ -234,7 +265,7 @@ class Lottery(Experiment):
         arms = ["ticket", *lo.controls]
         ordered = sorted(results.values(), key=lambda r: (r["level"], lo.seeds.index(r["seed"]), arms.index(r["arm"])))
         columns = COLUMNS + (("lca_relative_error", "lca_fraction_helped") if spec.lca.lca else ())
-        rows = [{k: r.get(k) for k in columns} for r in ordered]
+        rows = [{**{k: r.get(k) for k in columns}, **diverged_columns(r)} for r in ordered]
         summary = Results(rows).summary()
         dense = [r["mean"] for r in summary if r["level"] == 0 and r["arm"] == "ticket"]
         title = f"{spec.model.model} on {spec.data.dataset}: lottery ({lo.retrain}, rewind {lo.rewind})"
@@ -251,6 +282,7 @@ COLUMNS = ("level", "weights_remaining", "arm", "seed", "test_accuracy", "best_a
 EXPERIMENT = Lottery   # what a sweep of this experiment runs
 
 
-def run(spec: LotterySpec, *, out: str = "runs", force: bool = False, progress: bool | None = None) -> Results:
+def run(spec: LotterySpec, *, out: str = "runs", force: bool = False, progress: bool | None = None,
+        wait: bool = False) -> Results:
     """Run (or resume) a lottery experiment; returns the tidy results and writes them into the run folder."""
-    return runner.run(Lottery, spec, out=out, force=force, progress=progress)
+    return runner.run(Lottery, spec, out=out, force=force, progress=progress, wait=wait)

@@ -23,7 +23,7 @@ from .. import models, seeding
 from ..errors import UserError
 from ..instruments.interpolation import error_along_path, error_barrier
 from ..report import plots
-from ..results import Results
+from ..results import Results, diverged_columns, is_diverged
 from ..sparse import Mask
 from ..spec import flat_values, from_mapping
 from ..store import Run, Unit
@@ -69,7 +69,10 @@ class Stability(Experiment):
                 raise UserError(f"--copy-steps: {text} is the same step as another entry ({k} iterations)")
             self.ks[text] = k
         self.levels = sorted(spec.stability.ticket_levels)
-        self.prunable = models.prunable_names(setup.new_model_like())
+        probe = setup.new_model_like()
+        self.prunable = models.prunable_names(probe)
+        if max(self.levels):   # before the lottery experiments are made (their folders come later)
+            lottery.check_levels(max(self.levels), "--ticket-levels", probe, spec.prune)
         # the tickets: a lottery experiment per k (rewind point k), in its own run folder of the same --out
         self.lotteries = {k: lottery.Lottery(lottery_spec(spec, text, max(self.levels)), setup)
                           for text, k in self.ks.items()} if max(self.levels) else {}
@@ -148,6 +151,13 @@ class Stability(Experiment):
         final = {n: v.detach().cpu() for n, v in job.model.state_dict().items()}
         return {"final.safetensors": final, "metrics.jsonl": fitted.metrics, "result.json": fitted.summary()}
 
+    def describe(self, key, job=None) -> dict:
+        kind, seed, *rest = key
+        if kind != "path":
+            return {"seed": seed}
+        level, k = rest
+        return {"seed": seed, "level": level, "weights_remaining": None, "copy_step": k, "path": []}
+
     def path(self, seed: int, level: int, k: int) -> dict:
         """The files of a path: test error along the straight line between the two copies' final weights."""
         a, b = (self.unit_of(("copy", seed, level, k, c)).read("final.safetensors") for c in (0, 1))
@@ -170,6 +180,8 @@ class Stability(Experiment):
         _, seed, level, k = key
         text = next(t for t, v in self.ks.items() if v == k)
         r = result
+        if is_diverged(r):
+            return [f"seed {seed} level {level} k={text}: diverged ({r.get('diverged_reason')})"]
         return [f"seed {seed} level {level} ({100 * r['weights_remaining']:.1f}% weights) k={text}: "
                 f"error barrier {100 * r['error_barrier']:.2f}%, ends {100 * r['copy_0_accuracy']:.2f}% / "
                 f"{100 * r['copy_1_accuracy']:.2f}%"]
@@ -178,23 +190,28 @@ class Stability(Experiment):
         spec = self.spec
         paths = [results[("path", seed, level, k)] for seed in spec.stability.seeds for level in self.levels
                  for k in self.ks.values()]
-        table = Results([{c: r[c] for c in COLUMNS} for r in paths])
+        table = Results([{**{c: r.get(c) for c in COLUMNS}, **diverged_columns(r)} for r in paths])
         path_rows = [{"seed": r["seed"], "level": r["level"], "copy_step": r["copy_step"], **p} for r in paths for p in r["path"]]
+        dropped = sum(is_diverged(r) for r in paths)
         barriers = table.summary(("level", "copy_step"), "error_barrier")
-        summary = {"experiment": spec.experiment, "seeds": list(spec.stability.seeds),
+        summary = {"experiment": spec.experiment, "seeds": list(spec.stability.seeds), "diverged": dropped,
                    "error_barrier_by_level_and_k": barriers,
                    "test_accuracy_by_level_and_k": table.summary(("level", "copy_step"))}
         title = f"{spec.model.model} on {spec.data.dataset}"
         first = spec.stability.seeds[0]
         curves = {f"level {r['level']}, k={r['copy_step']}": ([p["alpha"] for p in r["path"]], [p["test_error"] for p in r["path"]])
-                  for r in paths if r["seed"] == first}
+                  for r in paths if r["seed"] == first and not is_diverged(r)}
         series = {}
         for level in self.levels:
-            rows = sorted((b for b in barriers if b["level"] == level), key=lambda b: b["copy_step"])
-            series["dense" if level == 0 else f"ticket level {level}"] = ([b["copy_step"] for b in rows], [b["mean"] for b in rows])
+            rows = sorted((b for b in barriers if b["level"] == level and b["n"]), key=lambda b: b["copy_step"])
+            lost = sum(b["diverged"] for b in barriers if b["level"] == level)
+            label = ("dense" if level == 0 else f"ticket level {level}") + plots.diverged_note(lost)
+            series[label] = ([b["copy_step"] for b in rows], [b["mean"] for b in rows])
+        lost_first = sum(is_diverged(r) for r in paths if r["seed"] == first)
         return Report(table.rows, summary, {
             "interpolation.csv": path_rows,
-            "interpolation.png": plots.interpolation_error(curves, f"{title}: error along the path (seed {first})"),
+            "interpolation.png": plots.interpolation_error(
+                curves, f"{title}: error along the path (seed {first})" + plots.diverged_note(lost_first)),
             "barrier.png": plots.barrier_vs_rewind(series, f"{title}: instability")})
 
 
@@ -203,10 +220,11 @@ COLUMNS = ("seed", "level", "weights_remaining", "copy_step", "error_barrier", "
            "copy_1_accuracy")
 
 
-def run(spec: StabilitySpec, *, out: str = "runs", force: bool = False, progress: bool | None = None) -> Results:
+def run(spec: StabilitySpec, *, out: str = "runs", force: bool = False, progress: bool | None = None,
+        wait: bool = False) -> Results:
     """Run (or resume) the stability experiment and the lottery runs its tickets come from; one row per
     seed, level and k."""
-    return runner.run(Stability, spec, out=out, force=force, progress=progress)
+    return runner.run(Stability, spec, out=out, force=force, progress=progress, wait=wait)
 
 
 EXPERIMENT = Stability   # what a sweep of this experiment runs

@@ -21,7 +21,7 @@ import torch
 
 from .. import models, seeding
 from ..report import plots
-from ..results import Results
+from ..results import Results, diverged_columns
 from ..sparse.supermask import Supermask, signed_constant, signed_kaiming_constant
 from ..store import Unit
 from ..run import Experiment, Report, Work, runner
@@ -33,7 +33,7 @@ from ..train.steppers import SupermaskStepper
 from .common import Setup
 
 from ..specs.supermask import WEIGHTS, DEFAULT_LR, DEFAULT_WEIGHTS, SupermaskTrainSpec, SupermaskOptions, SupermaskSpec  # noqa: F401 (torch-free, for the CLI)
-from ..report.tables import supermask as table  # noqa: F401 (torch-free, for `ticketlab show`)
+from ..report.tables import supermask as table, supermask_line  # noqa: F401 (torch-free, for `ticketlab show`)
 
 
 # ----------------------------------------------------------------------------------------------- units
@@ -81,20 +81,30 @@ class SupermaskTrainer:
 
     def fit(self, sm: Supermask, seed: int, checkpoints: Checkpoints, progress=None) -> list[dict]:
         """Train the scores of `sm` (resumably, through `checkpoints`); the metrics rows."""
+        return self.fit_result(sm, seed, checkpoints, progress).metrics
+
+    def fit_result(self, sm: Supermask, seed: int, checkpoints: Checkpoints, progress=None):
+        """`fit`, giving the loop's FitResult (which also says whether the training diverged)."""
         stepper = SupermaskStepper(sm, self.setup.data, self.train, seed=seed, device=self.setup.device,
                                    generator=lambda step: self._generator("supermask-train", seed, step),
                                    evaluate=lambda step: self.evaluate(sm, seed, step))
         callbacks = [Progress(progress)] if progress is not None else []
         fitted = train_loop(stepper, [callbacks], start=0, end=self.setup.total_steps, schedule=self.schedule,
                             eval_every=self.every, checkpoints=[checkpoints])
-        return fitted[0].metrics
+        return fitted[0]
 
     def unit_files(self, unit: Unit, seed: int, progress) -> dict:
         """Train one seed's supermask (resuming from the unit's checkpoint) and give the unit's files."""
         began = time.perf_counter()
         sm = self.build(seed)
         every = self.setup.step(self.train.checkpoint_every)
-        metrics = self.fit(sm, seed, Checkpoints(unit, every), progress=progress)
+        fitted = self.fit_result(sm, seed, Checkpoints(unit, every), progress=progress)
+        metrics = fitted.metrics
+        if fitted.diverged:   # no scores or mask to keep (see run/execute.py)
+            result = {"method": sm.method, "seed": seed, "weights": self.spec.resolved_weights(), "weights_remaining": None,
+                      "test_accuracy": None, "train_steps": fitted.steps, **fitted.divergence(),
+                      "seconds": round(time.perf_counter() - began, 3)}
+            return {"metrics.jsonl": metrics, "result.json": result}
         last = metrics[-1]
         masks = sm.fix_sample(self._generator("supermask-test", seed, last["step"]))
         result = {"method": sm.method, "seed": seed, "weights": self.spec.resolved_weights(),
@@ -132,21 +142,22 @@ class LearnedSupermask(Experiment):
         return [f"{'seed':>4} {'method':>10} {'kept':>7} {'test acc':>9} {'expected-mask acc':>18}"]
 
     def progress_lines(self, key, r: dict, done: dict) -> list[str]:
-        exp = r.get("expected_mask_accuracy")
-        return [f"{r['seed']:>4} {r['method']:>10} {100 * r['weights_remaining']:>6.2f}% {100 * r['test_accuracy']:>8.2f}% "
-                f"{'-' if exp is None else f'{100 * exp:.2f}%':>18}"]
+        return [supermask_line(r)]
 
     def report(self, results: dict) -> Report:
         spec = self.spec
         seeds = spec.supermask.seeds
-        rows = [{k: results[("seed", s)].get(k) for k in COLUMNS} for s in seeds]
-        curves = {s: self.unit_of(("seed", s)).read("metrics.jsonl") for s in seeds}
+        rows = [{**{k: results[("seed", s)].get(k) for k in COLUMNS}, **diverged_columns(results[("seed", s)])} for s in seeds]
+        healthy = [r for r in rows if not r["diverged"]]
+        curves = {r["seed"]: self.unit_of(("seed", r["seed"])).read("metrics.jsonl") for r in healthy}
         title = f"{spec.model.model} on {spec.data.dataset}: learned supermask ({spec.supermask.method}, {spec.resolved_weights()} weights)"
-        acc = [r["test_accuracy"] for r in rows]
-        summary = {"experiment": spec.experiment, "method": spec.supermask.method, "seeds": list(seeds),
-                   "mean_test_accuracy": sum(acc) / len(acc),
-                   "mean_weights_remaining": sum(r["weights_remaining"] for r in rows) / len(rows), "rows": rows}
-        return Report(rows, summary, {"accuracy.png": plots.supermask_curves(curves, title)})
+        acc = [r["test_accuracy"] for r in healthy]
+        dropped = len(rows) - len(healthy)
+        summary = {"experiment": spec.experiment, "method": spec.supermask.method, "seeds": list(seeds), "diverged": dropped,
+                   "mean_test_accuracy": sum(acc) / len(acc) if acc else None,
+                   "mean_weights_remaining": sum(r["weights_remaining"] for r in healthy) / len(healthy) if healthy else None,
+                   "rows": rows}
+        return Report(rows, summary, {"accuracy.png": plots.supermask_curves(curves, title + plots.diverged_note(dropped))})
 
 
 # ------------------------------------------------------------------------------------------------- run
@@ -156,6 +167,7 @@ COLUMNS = ("method", "seed", "weights", "weights_remaining", "test_accuracy", "e
 EXPERIMENT = LearnedSupermask   # what a sweep of this experiment runs
 
 
-def run(spec: SupermaskSpec, *, out: str = "runs", force: bool = False, progress: bool | None = None) -> Results:
+def run(spec: SupermaskSpec, *, out: str = "runs", force: bool = False, progress: bool | None = None,
+        wait: bool = False) -> Results:
     """Run (or resume) a learned-supermask experiment; returns one row per seed."""
-    return runner.run(LearnedSupermask, spec, out=out, force=force, progress=progress)
+    return runner.run(LearnedSupermask, spec, out=out, force=force, progress=progress, wait=wait)

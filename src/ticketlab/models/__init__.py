@@ -55,12 +55,13 @@ MODELS: tuple[str, ...] = tuple(_REGISTRY)
 
 
 def build(name: str, input_shape: tuple[int, ...], num_classes: int, *, seed: int,
-          init: str = "kaiming_normal", widths: tuple[int, ...] | None = None) -> nn.Module:
+          init: str = "kaiming_normal", widths: tuple[int, ...] | None = None, meta: bool = False) -> nn.Module:
     """Build model `name` for inputs [B, *input_shape] and `num_classes` logits, initialised by
     `initialize(model, seed=seed, init=init)`. `widths` (hidden layer sizes) only for `mlp` and `mnist1d_mlp`.
 
     The model is allocated on the meta device and materialised without drawing, so the global torch RNG is
-    neither consumed nor changed.
+    neither consumed nor changed. `meta=True` returns it unmaterialised (shapes only, no memory): what a
+    memory estimate needs before the real model is built.
     """
     entry = _REGISTRY.get(name)
     if entry is None:
@@ -77,6 +78,8 @@ def build(name: str, input_shape: tuple[int, ...], num_classes: int, *, seed: in
         widths = entry.default_widths if widths is None else _check_dims("widths", widths, allow_empty=True)
     with torch.device("meta"):
         model = entry.make(input_shape, num_classes, widths)
+    if meta:
+        return model
     model.to_empty(device="cpu")
     initialize(model, seed=seed, init=init)
     return model

@@ -1,8 +1,13 @@
-"""PNG plots in the papers' style (matplotlib, Agg backend), returned as bytes for the store to write."""
+"""PNG plots in the papers' style (matplotlib, Agg backend), returned as bytes for the store to write.
+
+Units that diverged have no point: the summaries leave them out and count them (`diverged`), and the
+legend says how many each curve lost ("(2 diverged, not shown)"); a plot with no point left says so.
+"""
 
 from __future__ import annotations
 
 import io
+import math
 
 import matplotlib
 
@@ -26,28 +31,43 @@ def _finish(fig, ax, xlabel: str, ylabel: str, title: str, legend: int | None = 
     ax.set_ylabel(ylabel)
     ax.set_title(title, fontsize=title_size)
     ax.grid(alpha=0.3)
-    if legend:
+    if legend and ax.get_legend_handles_labels()[0]:   # none: every curve's units diverged
         ax.legend(fontsize=legend)
     return _png(fig)
 
 
+def diverged_note(count: int) -> str:
+    """What a legend entry adds for a curve that lost `count` units to divergence."""
+    return f" ({count} diverged, not shown)" if count else ""
+
+
+def _nothing_to_show(ax, what: str = "every unit diverged: nothing to plot") -> None:
+    ax.text(0.5, 0.5, what, ha="center", va="center", transform=ax.transAxes, color="tab:red")
+
+
 def accuracy_vs_sparsity(summary: list[dict], title: str, dense: float | None = None) -> bytes:
     """Test accuracy vs % weights remaining (log x, decreasing to the right), one curve per arm, mean +- std
-    over seeds, and the dense network's accuracy as a horizontal line (Frankle & Carbin, Fig. 3 style)."""
+    over seeds, and the dense network's accuracy as a horizontal line (Frankle & Carbin, Fig. 3 style).
+    Points whose units all diverged are left out, and the legend counts the diverged units of each arm."""
     fig, ax = plt.subplots(figsize=(6.4, 4.2))
     arms = list(dict.fromkeys(r["arm"] for r in summary))
+    shown = [r for r in summary if r.get("n", 1) and r["weights_remaining"] is not None]
     for arm in arms:
-        rows = sorted((r for r in summary if r["arm"] == arm), key=lambda r: -r["weights_remaining"])
+        rows = sorted((r for r in shown if r["arm"] == arm), key=lambda r: -r["weights_remaining"])
         x = [100 * r["weights_remaining"] for r in rows]
         y = [100 * r["mean"] for r in rows]
         e = [100 * r["std"] for r in rows]
         color, marker, label = ARM_STYLE.get(arm, (None, "x", arm.replace("_", " ")))
+        label += diverged_note(sum(r.get("diverged", 0) for r in summary if r["arm"] == arm))
         ax.errorbar(x, y, yerr=e if any(e) else None, color=color, marker=marker, ms=4, capsize=2, label=label)
-    if dense is not None:
+    if dense is not None and not math.isnan(dense):   # NaN: the dense network diverged
         ax.axhline(100 * dense, color="gray", ls="--", lw=1, label=f"dense ({100 * dense:.1f}%)")
+    if not shown:
+        _nothing_to_show(ax)
+        return _finish(fig, ax, "% weights remaining", "test accuracy (%)", title, legend=8 if arms else None)
     ax.set_xscale("log")
     ax.invert_xaxis()
-    ticks = sorted({round(100 * r["weights_remaining"], 1) for r in summary}, reverse=True)
+    ticks = sorted({round(100 * r["weights_remaining"], 1) for r in shown}, reverse=True)
     if len(ticks) > 12:
         ticks = ticks[:: max(len(ticks) // 10, 1)]
     ax.set_xticks(ticks)
@@ -166,9 +186,12 @@ def ticket_accuracy_by_epoch(series: dict[str, tuple[list[int], list[float]]], t
 
 
 def sweep_curves(series: dict[str, dict], x: str, metric: str, title: str, log_x: bool = False) -> bytes:
-    """One curve per label: {label: {x: [values over seeds]}}, mean with std error bars."""
+    """One curve per label: {label: {x: [values over seeds]}}, mean with std error bars (the caller leaves
+    out diverged units and says so in `title`)."""
     import statistics
     fig, ax = plt.subplots(figsize=(6.4, 4.2))
+    if not series:
+        _nothing_to_show(ax)
     for label, points in series.items():
         xs = sorted(points, key=float, reverse=log_x)
         means = [statistics.fmean(points[v]) for v in xs]

@@ -3,11 +3,29 @@
 `TABLES[experiment](rows)` gives the lines of that experiment's table; experiments without one are printed
 as aligned columns by the CLI. The experiment modules re-export their functions (`experiments.lottery.table`,
 `header`, `format_row`, ...), which also print the same lines while they run.
+
+Units that diverged are left out of every mean: a cell whose units all diverged reads "diverged", one
+where some did says how many ("(1 diverged)") after the mean of the others.
 """
 
 from __future__ import annotations
 
-from ..results import Results
+from ..results import Results, is_diverged
+
+
+def _number(value) -> float | None:
+    """A cell's number (rows read back from a CSV hold text; empty: none)."""
+    return None if value in (None, "") else float(value)
+
+
+def percent_cell(summary: dict, width: int = 15) -> str:
+    """Mean ± std % of a `Results.summary` row, "diverged" when every unit of it diverged."""
+    n, dropped = summary["n"], summary.get("diverged", 0)
+    if not n:
+        return f"{'diverged' if dropped else '-':>{width}}"
+    m, sd = 100 * summary["mean"], 100 * summary["std"]
+    cell = f"{m:>7.2f} ± {sd:4.2f}%" if n > 1 else f"{m:>14.2f}%"
+    return f"{cell:>{width}}" + (f" ({dropped} diverged)" if dropped else "")
 
 
 # --------------------------------------------------------------------------------------------- lottery
@@ -30,20 +48,18 @@ def format_row(level: int, rows: list[dict], arms: list[str]) -> str:
     for arm in arms:
         s = res.summary(("arm",))
         s = [r for r in s if r["arm"] == arm]
-        if not s:
-            cells.append(f"{'-':>15}")
-        else:
-            m, sd, n = 100 * s[0]["mean"], 100 * s[0]["std"], s[0]["n"]
-            cells.append(f"{m:>7.2f} ± {sd:4.2f}%" if n > 1 else f"{m:>14.2f}%")
-    return f"{level:>5} {100 * rows[0]['weights_remaining']:>8.2f}%  " + "  ".join(cells)
+        cells.append(percent_cell(s[0]) if s else f"{'-':>15}")
+    known = [_number(r.get("weights_remaining")) for r in rows if _number(r.get("weights_remaining")) is not None]
+    remaining = f"{100 * known[0]:>8.2f}%" if known else f"{'-':>9}"   # unknown: every unit's training was skipped
+    return f"{level:>5} {remaining}  " + "  ".join(cells)
 
 
 # ----------------------------------------------------------------------------------------- deconstruct
 def deconstruct(rows: list[dict]) -> list[str]:
     """The lines `ticketlab show` can print for a deconstruct run: per phase and mask-1 action, a level x
     criterion table of mean ± std test accuracy."""
-    rows = [{**r, "level": int(r["level"]), "weights_remaining": float(r["weights_remaining"]),
-             "test_accuracy": float(r["test_accuracy"])} for r in rows]
+    rows = [{**r, "level": int(r["level"]), "weights_remaining": _number(r.get("weights_remaining")),
+             "test_accuracy": _number(r.get("test_accuracy"))} for r in rows]
     dense = [{**r, "arm": "dense"} for r in rows if r["criterion"] == "dense"]
     lines = [header(["dense"])] + ([format_row(0, dense, ["dense"])] if dense else [])
     criteria = list(dict.fromkeys(r["criterion"] for r in rows if r["criterion"] != "dense"))
@@ -63,13 +79,22 @@ def supermask(rows: list[dict]) -> list[str]:
     """The lines `ticketlab show` can print for a supermask run: one per seed, then the mean."""
     lines = [f"{'seed':>4} {'method':>10} {'kept':>7} {'test acc':>9} {'expected-mask acc':>18}"]
     for r in rows:
-        exp = r.get("expected_mask_accuracy")
-        exp = None if exp in (None, "") else float(exp)
-        lines.append(f"{int(r['seed']):>4} {r['method']:>10} {100 * float(r['weights_remaining']):>6.2f}% "
-                     f"{100 * float(r['test_accuracy']):>8.2f}% {'-' if exp is None else f'{100 * exp:.2f}%':>18}")
-    acc = [float(r["test_accuracy"]) for r in rows]
-    lines.append(f"{'mean':>4} {'':>10} {'':>7} {100 * sum(acc) / max(len(acc), 1):>8.2f}%")
+        lines.append(supermask_line(r))
+    healthy = [r for r in rows if not is_diverged(r)]
+    acc = [float(r["test_accuracy"]) for r in healthy]
+    dropped = len(rows) - len(healthy)
+    mean = f"{100 * sum(acc) / len(acc):>8.2f}%" if acc else f"{'diverged':>9}"
+    lines.append(f"{'mean':>4} {'':>10} {'':>7} {mean}" + (f" ({dropped} diverged, left out)" if dropped and acc else ""))
     return lines
+
+
+def supermask_line(r: dict) -> str:
+    """One seed's line of the supermask table (its result, or a CSV row of it)."""
+    if is_diverged(r):
+        return f"{int(r['seed']):>4} {r['method']:>10} {'-':>7} {'diverged':>9}"
+    exp = _number(r.get("expected_mask_accuracy"))
+    return (f"{int(r['seed']):>4} {r['method']:>10} {100 * float(r['weights_remaining']):>6.2f}% "
+            f"{100 * float(r['test_accuracy']):>8.2f}% {'-' if exp is None else f'{100 * exp:.2f}%':>18}")
 
 
 TABLES = {"lottery": lottery, "deconstruct": deconstruct, "supermask": supermask}

@@ -50,6 +50,30 @@ def _total_memory_bytes() -> int:
         return 8 << 30
 
 
+def _available_memory_bytes() -> int:
+    """Memory this machine can give now (Linux: MemAvailable), else its total memory."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return _total_memory_bytes()
+
+
+def check_model_fits(model: nn.Module, batch_size: int, input_numel: int, what: str) -> None:
+    """Refuse (UserError) a model whose estimate (`model_bytes`) exceeds the memory available now; `model`
+    may be on the meta device, so this is checked before the real one is built."""
+    from ..errors import UserError
+
+    need, have = model_bytes(model, batch_size, input_numel), _available_memory_bytes()
+    if need > have:
+        params = sum(p.numel() for p in model.parameters())
+        raise UserError(f"{what}: one model needs about {need / 2**30:.1f} GiB ({params} parameters, with gradients, "
+                        f"optimizer state and copies), more than the {have / 2**30:.1f} GiB of memory available; use a smaller model")
+
+
 def model_bytes(model: nn.Module, batch_size: int, input_numel: int) -> int:
     """Weights, gradients, two optimizer moments, mask, start and best copies (~8x the parameters),
     plus a generous activation allowance (8 x the batch's inputs and the widest layer)."""

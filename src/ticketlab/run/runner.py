@@ -10,25 +10,52 @@ finish it prints the experiment's progress lines; at the end it writes every exp
 
 from __future__ import annotations
 
+import errno as _errno
 import math
+import os
+import sys
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from ..errors import UserError
+from ..errors import UserError, os_fault
 from ..report.progress import Bars
 from ..results import Results
 from ..store import Run
 from .executors import Inline, LocalProcesses, RayCluster, require_ray, start_method
+from .execute import divergence_line
 from .graph import CycleError, Graph, Task
+from .lock import FolderLocks
 from .plan import FORKED_WORKER_START_SECONDS, WORKER_START_SECONDS, plan_parallelism
 from .work import Experiment, Report
 
 POLL_SECONDS = 0.2
 
 
-def run(cls, spec, *, out: str = "runs", force: bool = False, progress: bool | None = None) -> Results:
-    """Run (or resume) one experiment; returns its tidy results."""
-    return run_many([cls.build(spec)], out=out, force=force, progress=progress)[0]
+def run(cls, spec, *, out: str = "runs", force: bool = False, progress: bool | None = None,
+        wait: bool = False) -> Results:
+    """Run (or resume) one experiment; returns its tidy results. `wait`: if another command is writing
+    its run folder, wait for it to end (else refuse at once)."""
+    check_out(out)   # before the data is loaded
+    return run_many([cls.build(spec)], out=out, force=force, progress=progress, wait=wait)[0]
+
+
+def check_out(out: str | os.PathLike) -> None:
+    """Refuse an `--out` that cannot be a folder (a file, a path under a file; UserError, exit 2) or that
+    cannot be created (a read-only folder or file system: Fault, exit 3), before anything is computed.
+    Writes nothing: a folder that exists is checked for real when its run folder's lock is taken."""
+    path = Path(out).absolute()
+    existing = path
+    while not existing.exists() and existing != existing.parent:
+        if existing.is_symlink():   # a dangling link: mkdir would fail on it
+            raise UserError(f"--out {out}: {existing} is a broken symbolic link; give a folder")
+        existing = existing.parent
+    if not existing.is_dir():
+        where = "is a file" if existing == path else f"is under {existing}, which is a file"
+        raise UserError(f"--out {out} {where}, not a folder; give a folder (it is created if missing)")
+    if existing != path and not os.access(existing, os.W_OK | os.X_OK):
+        readonly = hasattr(os, "statvfs") and os.statvfs(existing).f_flag & getattr(os, "ST_RDONLY", 1)
+        errno_ = _errno.EROFS if readonly else _errno.EACCES
+        raise os_fault(OSError(errno_, os.strerror(errno_), str(existing)))
 
 
 def flatten(experiments: list[Experiment]) -> list[Experiment]:
@@ -75,16 +102,32 @@ def tasks_of(by_path: dict[str, Experiment]) -> list[Task]:
 
 
 def run_many(experiments: list[Experiment], *, out: str = "runs", force: bool = False,
-             progress: bool | None = None) -> list[Results]:
-    """Run (or resume) several experiments in one task graph; returns each one's tidy results."""
+             progress: bool | None = None, wait: bool = False) -> list[Results]:
+    """Run (or resume) several experiments in one task graph; returns each one's tidy results.
+
+    Every run folder it writes is locked first (`lock.FolderLocks`, in sorted order) and stays locked
+    until its report is written: a second command on one of them refuses (`Busy`), or waits (`wait`)."""
+    check_out(out)
     out = str(Path(out).resolve())   # every worker (and Ray node) sees the same absolute path
     if experiments[0].spec.train.executor == "ray":
         require_ray()   # before the first folder is written
     flat = flatten(experiments)
-    try:
-        by_path = open_folders(flat, experiments, out, force)
-    except OSError as e:
-        raise UserError(f"--out {out}: cannot create the run folder ({e.strerror or e})") from None
+    with FolderLocks([Run.folder(out, exp.spec) for exp in flat], wait=wait, announce=_announce) as locks:
+        try:
+            by_path = open_folders(flat, experiments, out, force)
+        except OSError as e:
+            raise os_fault(e) from None
+        if force:
+            locks.follow()   # --force replaced the folders, their .lock files with them
+        return _run_open(experiments, by_path, progress)
+
+
+def _announce(line: str) -> None:
+    print(line, file=sys.stderr, flush=True)
+
+
+def _run_open(experiments: list[Experiment], by_path: dict[str, Experiment], progress: bool | None) -> list[Results]:
+    """run_many, once its folders are open and locked."""
     graph = Graph(tasks_of(by_path))
     first = experiments[0]
     t = first.spec.train
@@ -113,6 +156,9 @@ def run_many(experiments: list[Experiment], *, out: str = "runs", force: bool = 
     for path, exp in by_path.items():
         if path not in reports:
             reports[path] = report(exp, results[path])
+    diverged = divergence_line(by_path, results)
+    if diverged:   # still exit 0: the other units' results stand
+        print(diverged, file=sys.stderr, flush=True)
     return [Results(reports[path_of(exp)].rows) for exp in experiments]
 
 

@@ -15,7 +15,8 @@ The file (TOML; other tools may write it):
 Points are `grid x zip`. A point's spec is `[base]`, then the command line's flags, then its axis values;
 its run folder is named by the same hash rule as a single run, so re-running a sweep reads finished
 points back and adding an axis value reuses the others. Everything is checked (every point's spec
-built) before anything is written.
+built) before anything is written. [base] and the axis values are typed as in a config file (strictly:
+`levels = "2"` is refused) and the file is read with the same size cap.
 """
 
 from __future__ import annotations
@@ -23,14 +24,13 @@ from __future__ import annotations
 import hashlib
 import itertools
 import json
-import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 
 from .. import spec as specs
 from ..errors import UserError
 
-MAX_FILE_BYTES = 1 << 20
+MAX_FILE_BYTES = specs.MAX_FILE_BYTES
 SECTIONS = ("experiment", "base", "grid", "zip")
 
 
@@ -49,22 +49,8 @@ class Sweep:
 
 
 def read_file(path: str | Path) -> dict:
-    path = Path(path)
-    try:
-        if path.is_dir():
-            raise UserError(f"sweep file {path} is a directory; expected a TOML file (see examples/)")
-        with path.open("rb") as f:
-            data = f.read(MAX_FILE_BYTES + 1)
-    except FileNotFoundError:
-        raise UserError(f"sweep file {path} does not exist (expected a TOML file; see examples/)") from None
-    except OSError as e:
-        raise UserError(f"sweep file {path}: cannot read ({e.strerror})") from None
-    if len(data) > MAX_FILE_BYTES:
-        raise UserError(f"sweep file {path} is larger than {MAX_FILE_BYTES >> 20} MiB; a sweep file lists settings only")
-    try:
-        return tomllib.loads(data.decode("utf-8"))
-    except (tomllib.TOMLDecodeError, UnicodeDecodeError, RecursionError) as e:
-        raise UserError(f"{path}: not valid TOML ({str(e).splitlines()[0] if str(e) else type(e).__name__})") from None
+    """The sweep file's TOML, read as a config file is (`spec.read_toml`: size cap, one-line errors)."""
+    return specs.read_toml(path, "sweep file", "a TOML file; see examples/")
 
 
 def load(path: str | Path, spec_classes: dict[str, type], overrides: dict[str, str] | None = None) -> Sweep:
@@ -98,7 +84,7 @@ def load(path: str | Path, spec_classes: dict[str, type], overrides: dict[str, s
     clash = sorted(set(overrides) & set(axes))
     if clash:
         raise UserError(f"{path}: {', '.join(clash)} is an axis of this sweep; give it in the file or on the command line, not both")
-    base_spec = specs.from_mapping(cls, base, f"{path} [base]")
+    base_spec = specs.from_mapping(cls, base, f"{path} [base]", strict=True)
     if overrides:
         parsed = {n: table[n].parse(text, table[n].flag) for n, text in overrides.items()}
         base_spec = specs.replace(base_spec, **parsed)
@@ -108,7 +94,7 @@ def load(path: str | Path, spec_classes: dict[str, type], overrides: dict[str, s
         for zrow in rows:
             values = dict(zip(list(grid) + list(zipped), list(combo) + list(zrow)))
             where = f"{path} point {', '.join(f'{k}={v!r}' for k, v in values.items())}"
-            coerced = {k: table[k].coerce(v, f"{where}: {k}") for k, v in values.items()}
+            coerced = {k: table[k].coerce(v, f"{where}: {k}", strict=True) for k, v in values.items()}
             try:
                 point_spec = specs.replace(base_spec, **coerced)
             except UserError as e:
@@ -140,16 +126,25 @@ def experiment_class(name: str):
     return importlib.import_module(f"ticketlab.experiments.{name}").EXPERIMENT
 
 
-def run(sweep: Sweep, *, out: str = "runs", force: bool = False, progress: bool | None = None):
-    """Run (or resume) every point in one task graph; write the sweep folder; return its rows."""
+def run(sweep: Sweep, *, out: str = "runs", force: bool = False, progress: bool | None = None, wait: bool = False):
+    """Run (or resume) every point in one task graph; write the sweep folder; return its rows. Every
+    point's run folder is locked while it runs (`wait`: wait for another command holding one)."""
+    from ..errors import os_fault
     from ..results import Results
     from ..store import Unit
     from . import runner
 
+    runner.check_out(out)
     cls = experiment_class(sweep.experiment)
-    experiments = [cls.build(s) for s in sweep.specs]   # everything validated before the first file
+    experiments = []   # everything validated before the first file
+    for point, spec in zip(sweep.points, sweep.specs):
+        try:
+            experiments.append(cls.build(spec))
+        except UserError as e:   # checks that need the data or the model: name the point
+            where = ", ".join(f"{k}={v!r}" for k, v in point.items())
+            raise UserError(f"{sweep.path} point {where}: {e}") from None
     folder = Unit(Path(out) / sweep.folder_name())
-    results = runner.run_many(experiments, out=out, force=force, progress=progress)
+    results = runner.run_many(experiments, out=out, force=force, progress=progress, wait=wait)
     rows, index = [], []
     for point, exp, res in zip(sweep.points, experiments, results):
         index.append({**point, "run": exp.run.path.name})
@@ -157,7 +152,7 @@ def run(sweep: Sweep, *, out: str = "runs", force: bool = False, progress: bool 
     try:
         folder.path.mkdir(parents=True, exist_ok=True)
     except OSError as e:
-        raise UserError(f"--out {out}: cannot create the sweep folder ({e.strerror or e})") from None
+        raise os_fault(e) from None
     folder.write("spec.json", {"experiment": "sweep", "of": sweep.experiment, "file": str(sweep.path),
                                "axes": sweep.axes, "points": index})
     folder.write("results.csv", rows)
@@ -176,11 +171,14 @@ def sweep_plot(rows: list[dict], axes: list[str], metric: str, title: str) -> by
     curve per point; for the lottery experiment the tickets only), else against the first axis (one curve
     per value of the other axes)."""
     from ..report import plots
+    from ..results import is_diverged
 
-    rows = [r for r in rows if r.get(metric) not in (None, "")]
-    if "arm" in (rows[0] if rows else {}):
-        rows = [r for r in rows if r["arm"] == "ticket"]
+    if any("arm" in r for r in rows):
+        rows = [r for r in rows if r.get("arm") == "ticket"]
         title += ", tickets"
+    lost = sum(is_diverged(r) for r in rows)   # diverged units have no value: left out, and the title says so
+    rows = [r for r in rows if not is_diverged(r) and r.get(metric) not in (None, "")]
+    title += f" ({lost} diverged, not shown)" if lost else ""
     if not rows:
         return None
     if "weights_remaining" in rows[0]:

@@ -4,6 +4,12 @@ A unit is one piece of resumable work with its own folder in the store: a traini
 runner may stack with others of the same `group`) or a direct computation (a dict of files). The runner
 owns everything around it (is it done? corrupt? commit atomically, clear checkpoints, progress,
 parallelism); an experiment subclass only says what the units are and how they depend on each other.
+
+Divergence is the runner's too (`run/execute.py`): a training whose loss became non-finite is committed
+as diverged (its result: `describe(key, job)`, the fit's summary with null metrics, `diverged: true`,
+`diverged_step`, `diverged_reason`; no weights), and a unit whose dependency diverged is committed as
+diverged without being prepared ("depends on a diverged unit: ..."), so no unit ever starts from NaN
+weights and a resume never retrains either.
 """
 
 from __future__ import annotations
@@ -75,6 +81,28 @@ class Experiment:
     def result_of(self, key, unit: Unit) -> dict:
         """A finished unit's result, read back."""
         return unit.read("result.json")
+
+    def describe(self, key, job=None) -> dict:
+        """What places a unit's result in the report (seed, level, arm, ...) for a unit recorded as diverged,
+        whose files `finish` does not write: `job` is its training, None when it never trained (a unit it
+        depends on diverged). Experiments whose report reads more than `diverged` from such a result say so here."""
+        return {}
+
+    def dependencies(self, key) -> list[tuple["Experiment", Any]]:
+        """The units `key` depends on, as (experiment, key) pairs (its `Work.deps`, resolved)."""
+        deps = getattr(self, "_deps_by_key", None)
+        if deps is None:
+            deps = self._deps_by_key = {w.key: w.deps for w in self.units()}
+        return [d if isinstance(d, tuple) and len(d) == 2 and isinstance(d[0], Experiment) else (self, d)
+                for d in deps.get(key, ())]
+
+    def unit_name(self, key) -> str:
+        """A unit's folder relative to the parent of the run folders (`lottery-<hash>/seed-0/level-01/ticket`)."""
+        path = self.unit_of(key).path
+        try:
+            return path.relative_to(self.run.path.parent).as_posix()
+        except (AttributeError, ValueError):
+            return str(path)
 
     def report(self, results: dict) -> Report:
         raise NotImplementedError

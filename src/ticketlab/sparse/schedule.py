@@ -22,6 +22,22 @@ def level_kept(total: int, fraction: float, level: int) -> int:
     return kept_count(total, level_density(fraction, level))
 
 
+def most_levels(total: int, fraction: float, limit: int) -> int:
+    """The most levels (at most `limit`) after which `total` weights pruned by `fraction` per level still
+    keep at least one: the largest l <= limit with level_kept(total, fraction, l) >= 1 (a binary search:
+    the kept count never grows with the level)."""
+    if level_kept(total, fraction, limit) >= 1:
+        return limit
+    low, high = 0, limit   # level_kept(low) >= 1 (or total is 0), level_kept(high) == 0
+    while high - low > 1:
+        mid = (low + high) // 2
+        if level_kept(total, fraction, mid) >= 1:
+            low = mid
+        else:
+            high = mid
+    return low
+
+
 def level_pruned(total: int, remaining: int, fraction: float, level: int | None) -> int:
     """How many of the `remaining` (of `total`) weights the step to level `level` removes.
 

@@ -6,8 +6,8 @@ from dataclasses import dataclass, field
 from typing import ClassVar
 
 from ..names import MASK_ONE_ACTIONS, MASK_ZERO_ACTIONS
-from ..spec import (Bool, Choice, DataSpec, Int, ListOf, ModelSpec, PruneSpec, Step, TrainSpec, _criteria,
-                    setting)
+from ..spec import (Bool, Choice, DataSpec, Int, Seed, ListOf, ModelSpec, PruneSpec, Step, TrainSpec, _criteria,
+                    LEVEL_LIMIT, setting)
 from .lottery import LotteryOptions, LotterySpec
 
 
@@ -29,13 +29,14 @@ class DeconstructOptions:
     mask_zero: str = setting("zero", f"mask-0 action (value of pruned weights): {', '.join(MASK_ZERO_ACTIONS)}",
                              Choice("mask-0 action", lambda: MASK_ZERO_ACTIONS))
     rescale: bool = setting(False, "multiply the kept weights of each layer by numel / #kept (Zhou et al.'s *_rescaling)", Bool())
-    levels: int = setting(10, "pruning levels after the dense network (level 0)", Int(0))
+    levels: int = setting(10, f"pruning levels after the dense network (level 0); at most {LEVEL_LIMIT}, and every layer must keep a weight",
+                         Int(0, LEVEL_LIMIT))
     rewind: str = setting("0it", "rewind point k: w_i is the weights at step k (0it = init); retraining replays [k, T)", Step())
     untrained: tuple = setting(("rewind", "signed_constant"),
                                "untrained-supermask evaluations per level: each cell's mask on the init as is (rewind) or "
                                "as sign(w_i) * sigma_layer (signed_constant); none: skip",
                                ListOf(Choice("untrained weights", lambda: ("rewind", "signed_constant")), nonempty=False, unique=True))
-    seeds: tuple = setting((0,), "replicates, e.g. 0,1,2", ListOf(Int(0), unique=True), hashed=False)
+    seeds: tuple = setting((0,), "replicates, e.g. 0,1,2", ListOf(Seed(), unique=True), hashed=False)
 
 
 @dataclass(frozen=True)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import ClassVar
 
-from ..spec import Bool, DataSpec, Float, Int, ListOf, ModelSpec, TrainSpec, setting
+from ..spec import Bool, DataSpec, Float, Int, Seed, ListOf, ModelSpec, TrainSpec, setting
 
 
 @dataclass(frozen=True)
@@ -19,7 +19,7 @@ class EarlyBirdOptions:
     eb_window: int = setting(5, "masks in the FIFO (the newest and window - 1 older ones)", Int(2))
     eb_full_matrix: bool = setting(False, "keep training the dense network to the end, recording every epoch's mask", Bool())
     eb_every_epoch: bool = setting(False, "also retrain the tickets drawn at every epoch (first ratio), for the accuracy-by-epoch plot", Bool())
-    seeds: tuple = setting((0,), "replicates, e.g. 0,1,2 (each seed is kept in its own folder)", ListOf(Int(0), unique=True), hashed=False)
+    seeds: tuple = setting((0,), "replicates, e.g. 0,1,2 (each seed is kept in its own folder)", ListOf(Seed(), unique=True), hashed=False)
 
 
 @dataclass(frozen=True)

@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 from typing import ClassVar
 
 from ..errors import UserError
-from ..spec import DataSpec, Float, Int, ListOf, ModelSpec, Text, TrainSpec, setting
+from ..spec import DataSpec, Float, Int, Seed, ListOf, ModelSpec, Text, TrainSpec, setting
 
 
 @dataclass(frozen=True)
@@ -33,7 +33,7 @@ class LCAOptions:
     """What is trained: a dense network or a ticket from a lottery run."""
 
     mask: str = setting("", "a ticket's mask.safetensors (e.g. RUN_DIR/seed-0/level-05/ticket/mask.safetensors); empty: dense", Text())
-    seeds: tuple = setting((0,), "replicates, e.g. 0,1,2 (each seed is kept in its own folder)", ListOf(Int(0), unique=True), hashed=False)
+    seeds: tuple = setting((0,), "replicates, e.g. 0,1,2 (each seed is kept in its own folder)", ListOf(Seed(), unique=True), hashed=False)
 
 
 @dataclass(frozen=True)

@@ -6,8 +6,8 @@ from dataclasses import dataclass, field
 from typing import ClassVar
 
 from ..errors import UserError
-from ..spec import (Bool, Choice, DataSpec, Int, ListOf, ModelSpec, Optional, PruneSpec, Step, TrainSpec,
-                    setting)
+from ..spec import (Bool, Choice, DataSpec, Int, Seed, ListOf, ModelSpec, Optional, PruneSpec, Step, TrainSpec,
+                    LEVEL_LIMIT, setting)
 from .lca import LCASettings
 
 RETRAIN = ("rewind", "finetune", "lr-rewind")
@@ -18,7 +18,8 @@ CONTROLS = ("random_reinit", "random_prune", "reshuffle")
 class LotteryOptions:
     """The pruning loop: levels, rewinding, retraining and controls."""
 
-    levels: int = setting(10, "pruning levels after the dense network (level 0)", Int(0))
+    levels: int = setting(10, f"pruning levels after the dense network (level 0); at most {LEVEL_LIMIT}, and every layer must keep a weight",
+                         Int(0, LEVEL_LIMIT))
     rewind: str = setting("0it", "rewind point k: weights (and schedule) reset to step k (0it = init)", Step())
     retrain: str = setting("rewind", f"retraining after each pruning: {', '.join(RETRAIN)}", Choice("retrain mode", lambda: RETRAIN))
     retrain_steps: str | None = setting(None, "t, the retraining length of finetune / lr-rewind (default: the whole training length)",
@@ -26,7 +27,7 @@ class LotteryOptions:
     controls: tuple = setting(("random_reinit", "random_prune"), f"control arms at every level: {', '.join(CONTROLS)} (none: no controls)",
                               ListOf(Choice("control", lambda: CONTROLS), nonempty=False, unique=True))
     seeds: tuple = setting((0,), "replicates, e.g. 0,1,2 (each seed is kept in its own folder; adding seeds reuses the others)",
-                           ListOf(Int(0), unique=True), hashed=False)
+                           ListOf(Seed(), unique=True), hashed=False)
 
 
 @dataclass(frozen=True)

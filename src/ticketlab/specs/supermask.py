@@ -8,7 +8,7 @@ from typing import ClassVar
 
 from ..errors import UserError
 from ..names import SUPERMASK_METHODS as METHODS
-from ..spec import (Bool, Choice, DataSpec, Float, Int, ListOf, ModelSpec, Optional, TrainSpec, setting)
+from ..spec import (Bool, Choice, DataSpec, Float, ListOf, ModelSpec, Optional, Seed, TrainSpec, setting)
 
 WEIGHTS = ("init", "signed_constant", "signed_kaiming_constant")
 DEFAULT_LR = {"bernoulli": 100.0, "edge-popup": 0.1}
@@ -33,7 +33,7 @@ class SupermaskOptions:
     weights: str | None = setting(None, f"frozen weights: {', '.join(WEIGHTS)}; none: init for bernoulli, "
                                   "signed_kaiming_constant for edge-popup", Optional(Choice("supermask weights", lambda: WEIGHTS)))
     rescale: bool = setting(True, "bernoulli: dynamic weight rescaling, weights x numel / sum(mask) per layer", Bool())
-    seeds: tuple = setting((0,), "replicates, e.g. 0,1,2", ListOf(Int(0), unique=True), hashed=False)
+    seeds: tuple = setting((0,), "replicates, e.g. 0,1,2", ListOf(Seed(), unique=True), hashed=False)
 
 
 @dataclass(frozen=True)
