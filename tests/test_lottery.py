@@ -9,6 +9,7 @@ import torch
 
 import ticketlab
 from ticketlab import spec as specs
+from ticketlab.codec import identical
 from ticketlab.errors import UserError
 from ticketlab.experiments.lottery import LotterySpec, run
 from ticketlab.store import Unit
@@ -42,6 +43,9 @@ def test_rewound_weights_at_every_level_equal_rewind_point_times_mask(tmp_path, 
             expected = w * mask[name] if name in mask else w
             assert torch.equal(start[name], expected), (level, name)
         densities.append(u.read("result.json")["weights_remaining"])
+        # stored by reference to the rewind point (level 0's init is the point itself, in full)
+        source = u.manifest()["files"]["start.safetensors"].get("derived", {}).get("from")
+        assert source == (None if level == 0 else f"../../level-00/ticket/{'start' if rewind == '0it' else 'rewind'}.safetensors")
     assert densities[0] == 1.0 and all(a > b for a, b in zip(densities, densities[1:]))
 
 
@@ -110,6 +114,7 @@ def test_finetune_and_lr_rewind_start_from_the_previous_level(tmp_path, mode):
     mask, start = u.read("mask.safetensors"), u.read("start.safetensors")
     for k, w in prev_final.items():
         assert torch.equal(start[k], w * mask[k] if k in mask else w)
+    assert u.manifest()["files"]["start.safetensors"]["derived"]["from"] == "../../level-01/ticket/final.safetensors"
     steps = {r["level"]: r["train_steps"] for r in res}
     assert steps == {0: 60, 1: 20, 2: 20}
     metrics = u.read("metrics.jsonl")
@@ -189,16 +194,19 @@ def test_a_corrupt_rewind_point_is_recomputed_not_used(tmp_path):
     dense = unit(tmp_path, spec, 0, 0, "ticket")
     w_k = (dense.path / "rewind.safetensors").read_bytes()
     level2 = unit(tmp_path, spec, 0, 2, "ticket")
-    start2 = (level2.path / "start.safetensors").read_bytes()
+    start2 = Unit(level2.path).read("start.safetensors")   # stored as a reference to w_k
     (dense.path / "rewind.safetensors").write_bytes(w_k[: len(w_k) // 2])
     assert not Unit(dense.path).is_done()
+    assert not Unit(unit(tmp_path, spec, 0, 1, "ticket").path).is_done(), "its reference to w_k no longer holds"
     import shutil
     shutil.rmtree(level2.path)
     second = run(spec, out=tmp_path)
     strip = lambda rows: [{k: v for k, v in r.items() if k != "seconds"} for r in rows]
     assert strip(second) == strip(first)
     assert Unit(dense.path).is_done() and (dense.path / "rewind.safetensors").read_bytes() == w_k
-    assert (level2.path / "start.safetensors").read_bytes() == start2, "level 2 rewound to the recomputed w_k"
+    again = Unit(level2.path).read("start.safetensors")
+    assert again.keys() == start2.keys() and all(identical(again[k], start2[k]) for k in again), \
+        "level 2 rewound to the recomputed w_k"
 
 
 KILL_SPEC = ["--dataset", "synthetic", "--model", "mlp", "--widths", "256,256", "--steps", "900it", "--batch-size", "60",

@@ -199,3 +199,67 @@ def test_a_removed_unit_is_not_done_even_to_the_object_that_verified_it(tmp_path
     assert u.is_done()
     u.remove()
     assert not u.path.exists() and not u.is_done()
+
+
+# ------------------------------------------------------------------------------- start weights by reference
+def _source_and_mask(tmp_path, seed=0):
+    from ticketlab.store import Derived, times_mask
+
+    g = torch.Generator().manual_seed(seed)
+    rewind = {"fc.weight": torch.randn(30, 17, generator=g), "fc.bias": torch.randn(30, generator=g)}
+    source = Unit(tmp_path / "level-00" / "ticket")
+    source.commit({"rewind.safetensors": rewind})
+    mask = {"fc.weight": torch.rand(30, 17, generator=g) < 0.1}
+    start = times_mask(rewind, mask)
+    return source, mask, start, lambda tensors: Derived(source, "rewind.safetensors", "mask.safetensors", tensors)
+
+
+def test_derivable_start_weights_are_stored_by_reference_and_read_back_exactly(tmp_path):
+    from ticketlab.codec import identical
+
+    source, mask, start, derived = _source_and_mask(tmp_path)
+    unit = Unit(tmp_path / "level-03" / "ticket")
+    unit.commit({"mask.safetensors": mask, "start.safetensors": derived(start)})
+    assert not (unit.path / "start.safetensors").exists()
+    entry = unit.manifest()["files"]["start.safetensors"]
+    assert entry["derived"]["from"] == "../../level-00/ticket/rewind.safetensors"
+    fresh = Unit(unit.path)
+    assert fresh.is_done()
+    back = fresh.read("start.safetensors")
+    assert back.keys() == start.keys() and all(identical(back[k], start[k]) for k in start)
+
+
+def test_start_weights_the_reference_would_not_reproduce_are_stored_in_full(tmp_path):
+    from ticketlab.codec import identical
+
+    _, mask, start, derived = _source_and_mask(tmp_path)
+    other = {k: v.clone() for k, v in start.items()}
+    other["fc.bias"][0] += 1.0   # not the source times the mask
+    unit = Unit(tmp_path / "u")
+    unit.commit({"mask.safetensors": mask, "start.safetensors": derived(other)})
+    assert "derived" not in unit.manifest()["files"]["start.safetensors"]
+    assert identical(Unit(unit.path).read("start.safetensors")["fc.bias"], other["fc.bias"])
+
+
+@pytest.mark.parametrize("damage", ["changed", "deleted"])
+def test_a_reference_whose_source_changed_or_vanished_is_a_corrupt_unit(tmp_path, damage):
+    source, mask, start, derived = _source_and_mask(tmp_path)
+    unit = Unit(tmp_path / "level-02" / "ticket")
+    unit.commit({"mask.safetensors": mask, "start.safetensors": derived(start)})
+    if damage == "changed":   # recommitted with other weights: a valid unit, but not the one referenced
+        source.commit({"rewind.safetensors": {k: v + 1 for k, v in start.items()}})
+    else:
+        source.remove()
+    fresh = Unit(unit.path)
+    assert not fresh.is_done()
+    with pytest.raises(CorruptFile, match="missing or changed"):
+        fresh.read("start.safetensors")
+
+
+def test_a_recommit_in_full_removes_the_file_a_reference_replaces(tmp_path):
+    _, mask, start, derived = _source_and_mask(tmp_path)
+    unit = Unit(tmp_path / "u")
+    unit.commit({"mask.safetensors": mask, "start.safetensors": start})
+    assert (unit.path / "start.safetensors").exists()
+    unit.commit({"mask.safetensors": mask, "start.safetensors": derived(start)})
+    assert not (unit.path / "start.safetensors").exists() and Unit(unit.path).is_done()

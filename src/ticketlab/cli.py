@@ -130,27 +130,22 @@ def show(run_dir: str, fmt: str) -> None:
 
     from . import store
     from .io import CorruptFile, finite
+    from .report import gather
     from .report.tables import TABLES
     from .results import Results
 
     run = store.open_existing(run_dir)
     try:
-        rows = run.read("results.csv")
-        partial = False
+        record = run.read("spec.json")
     except CorruptFile:
-        # an unfinished (or half-written) run: the rows of its finished units, each named by its folder (a
-        # unit's own row may lack what names it in the report, e.g. deconstruct's criterion)
-        rows, partial = [], True
-        for f in sorted(Path(run_dir).rglob("result.json")):
-            unit = store.Unit(f.parent)
-            try:
-                row = unit.read("result.json") if unit.is_done() else None
-            except CorruptFile:
-                row = None
-            if isinstance(row, dict):
-                rows.append({"unit": f.parent.relative_to(run_dir).as_posix(), **row})
-        if not rows:
-            raise UserError(f"{run_dir}: no finished results yet (results.csv missing or corrupt, no finished units)")
+        record = None
+    points = record.get("points") if isinstance(record, dict) and record.get("experiment") == "sweep" else None
+    if isinstance(points, list) and not (Path(run_dir) / "results.csv").exists():
+        rows, partial = gather.sweep_rows(Path(run_dir), points)   # a sweep still running (or killed)
+    else:
+        rows, partial = gather.run_rows(Path(run_dir))
+    if not rows:
+        raise UserError(f"{run_dir}: no finished results yet (results.csv missing or corrupt, no finished units)")
     rows = [_typed(r) for r in rows]
     if fmt == "csv":
         sys.stdout.write(Results(rows).to_csv())

@@ -45,7 +45,7 @@ def unpack_bits(packed: torch.Tensor, count: int) -> torch.Tensor:
     import numpy as np
     import torch
 
-    return torch.from_numpy(np.unpackbits(packed.numpy(), count=count, bitorder="little").astype(bool))
+    return torch.from_numpy(np.unpackbits(packed.numpy(), count=count, bitorder="little").view(bool))
 
 
 def pack(tensors: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
@@ -68,7 +68,7 @@ def pack(tensors: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], dic
             negzero = ~nonzero & torch.signbit(flat)
             bitmaps = 1 + bool(negzero.any())
             if int(nonzero.sum()) * t.element_size() + bitmaps * math.ceil(t.numel() / 8) < t.numel() * t.element_size():
-                out[name] = flat[nonzero].contiguous()
+                out[name] = torch.masked_select(flat, nonzero)
                 out[name + NONZERO] = pack_bits(nonzero)
                 if bitmaps == 2:
                     out[name + NEGZERO] = pack_bits(negzero)
@@ -109,14 +109,29 @@ def unpack(tensors: dict[str, torch.Tensor], metadata: dict[str, str] | None) ->
             where = unpack_bits(bitmap, count)
             if int(where.sum()) != data.numel() or data.dim() != 1:
                 raise PackError(f"entry {name!r}: {data.numel()} values for {int(where.sum())} nonzero places")
-            full = torch.zeros(count, dtype=data.dtype)
             negative = tensors.get(name + NEGZERO)
-            if negative is not None:
+            if negative is None:
+                full = torch.zeros(count, dtype=data.dtype)
+            else:   # -0.0 is the sign bit alone: set it where the bitmap says
                 if negative.dtype != torch.uint8 or negative.numel() != bitmap.numel():
                     raise PackError(f"entry {name!r}: wrong-sized bitmap of -0.0")
-                full[unpack_bits(negative, count)] = -0.0
-            full[where] = data
+                size = data.element_size()
+                ints = {2: torch.int16, 4: torch.int32, 8: torch.int64}[size]
+                full = (unpack_bits(negative, count).to(ints) * -(1 << (8 * size - 1))).view(data.dtype)
+            full.masked_scatter_(where, data)
             out[name] = full.reshape(shape)
         else:
             raise PackError(f"entry {name!r}: unknown encoding {how.get('as')!r}")
     return out
+
+
+def identical(a: torch.Tensor, b: torch.Tensor) -> bool:
+    """Equal bit for bit (-0.0 is not 0.0, a NaN equals the same NaN)."""
+    import torch
+
+    if a.dtype != b.dtype or a.shape != b.shape:
+        return False
+    if not a.is_floating_point():
+        return torch.equal(a, b)
+    ints = {1: torch.uint8, 2: torch.int16, 4: torch.int32, 8: torch.int64}[a.element_size()]
+    return torch.equal(a.contiguous().reshape(-1).view(ints), b.contiguous().reshape(-1).view(ints))

@@ -6,6 +6,12 @@ SHA-256 of each of its files. A unit is done when its manifest says so and every
 truncated, edited or foreign file (a pickle dropped where a checkpoint belongs, say) fails the check and
 the unit is recomputed, never used. Checkpoints of a unit in progress live in its `checkpoint/` folder
 under their own manifest.
+
+A unit's tensor files are compact (`codec`: masks as packed bits, pruned weights as their nonzero values),
+and a file that another unit's file times this unit's mask reproduces bit for bit (a ticket's start
+weights: the rewind point times its mask) is stored by reference (`Derived`): its manifest entry names the
+source, relative to the unit, with the source's SHA-256, and no file is written. A source that is missing
+or changed makes the unit corrupt (recomputed), never silently different.
 """
 
 from __future__ import annotations
@@ -15,6 +21,7 @@ import io
 import json
 import os
 import shutil
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -70,6 +77,37 @@ def decode(name: str, data: bytes, where: str):
         raise CorruptFile(f"{where}: unreadable ({e})") from None
 
 
+@dataclass
+class Derived:
+    """A tensor file to store by reference: `source`'s file `name` times this unit's mask file `times`
+    (pruned entries zeroed, as `Mask.applied` does). `tensors` is what the file must hold: the reference is
+    written only if it reproduces them bit for bit, else they are written in full."""
+
+    source: "Unit"
+    name: str
+    times: str
+    tensors: dict
+
+
+def times_mask(weights: dict, mask: dict) -> dict:
+    return {k: (v * mask[k].to(v.dtype) if k in mask else v.clone()) for k, v in weights.items()}
+
+
+# Sources of references verified in this process, by (path, SHA-256, mtime, size): the units of a seed all
+# refer to its one rewind point, which is then read and hashed once (a file changed since misses the key).
+_SOURCES: dict[tuple, dict] = {}
+
+
+def _valid_entry(entry) -> bool:
+    if not isinstance(entry, dict):
+        return False
+    if "derived" in entry:
+        ref = entry["derived"]
+        return isinstance(ref, dict) and all(isinstance(ref.get(k), str) for k in ("from", "sha256", "times")) \
+            and not os.path.isabs(ref["from"])
+    return type(entry.get("size")) is int and isinstance(entry.get("sha256"), str)
+
+
 class Unit:
     """A folder of files that are written together and trusted only while they match their manifest."""
 
@@ -88,7 +126,7 @@ class Unit:
         if not isinstance(m, dict) or not isinstance(m.get("files"), dict):
             return None
         for entry in m["files"].values():
-            if not (isinstance(entry, dict) and type(entry.get("size")) is int and isinstance(entry.get("sha256"), str)):
+            if not _valid_entry(entry):
                 return None
         return m
 
@@ -100,9 +138,13 @@ class Unit:
         if not m or not m.get("complete"):
             return False
         for name, entry in m["files"].items():
-            f = self.path / name
+            ref = entry.get("derived")
+            f = self.path / (ref["from"] if ref else name)
             try:
-                if f.stat().st_size != entry["size"] or sha256_file(f) != entry["sha256"]:
+                if ref is not None:
+                    if ref["times"] not in m["files"] or sha256_file(f) != ref["sha256"]:
+                        return False
+                elif f.stat().st_size != entry["size"] or sha256_file(f) != entry["sha256"]:
                     return False
             except OSError:
                 return False
@@ -117,10 +159,16 @@ class Unit:
         while it trains (LCA's `parameters/`) and units nested below this one."""
         if clear and self.path.is_dir():
             for old in self.path.iterdir():
-                if old.name not in files and not old.is_dir():
+                if (old.name not in files or isinstance(files[old.name], Derived)) and not old.is_dir():
                     old.unlink(missing_ok=True)
         entries = {}
         for name, payload in files.items():
+            if isinstance(payload, Derived):
+                ref = self._reference(payload, files)
+                if ref is not None:
+                    entries[name] = {"derived": ref}
+                    continue
+                payload = payload.tensors
             data = encode(name, payload)
             atomic_write_bytes(self.path / name, data)
             entries[name] = {"size": len(data), "sha256": sha256_bytes(data)}
@@ -144,6 +192,8 @@ class Unit:
         entry = m["files"].get(name) if m else None
         if entry is None:
             raise CorruptFile(f"{where}: not listed in {MANIFEST}")
+        if "derived" in entry:
+            return self._read_derived(where, entry["derived"])
         try:
             data = (self.path / name).read_bytes()
         except OSError as e:
@@ -151,6 +201,42 @@ class Unit:
         if len(data) != entry["size"] or sha256_bytes(data) != entry["sha256"]:
             raise CorruptFile(f"{where}: size or SHA-256 differs from {MANIFEST} (truncated or changed)")
         return decode(name, data, where)
+
+    def _reference(self, d: Derived, files: dict) -> dict | None:
+        """The manifest entry of `d` by reference, or None when the reference would not give `d.tensors`."""
+        from .codec import identical
+
+        try:
+            source = d.source.read(d.name)
+            sha = d.source.manifest()["files"][d.name]["sha256"]
+        except (CorruptFile, KeyError, TypeError):
+            return None
+        mask = files.get(d.times)
+        if not isinstance(mask, dict) or "derived" in (d.source.manifest()["files"][d.name]):
+            return None
+        made = times_mask(source, mask)
+        if made.keys() != d.tensors.keys() or not all(identical(made[k], d.tensors[k]) for k in made):
+            return None
+        return {"from": os.path.relpath(d.source.path / d.name, self.path), "sha256": sha, "times": d.times}
+
+    def _read_derived(self, where: str, ref: dict) -> dict:
+        path = Path(os.path.normpath(self.path / ref["from"]))
+        try:
+            st = path.stat()
+        except OSError:
+            raise CorruptFile(f"{where}: its source {path} is missing or changed since it was written") from None
+        key = (str(path), ref["sha256"], st.st_mtime_ns, st.st_size)
+        tensors = _SOURCES.get(key)
+        if tensors is None:
+            source = Unit(path.parent)
+            entry = (source.manifest() or {}).get("files", {}).get(path.name)
+            if not isinstance(entry, dict) or entry.get("sha256") != ref["sha256"]:
+                raise CorruptFile(f"{where}: its source {path} is missing or changed since it was written")
+            tensors = source.read(path.name)
+            if len(_SOURCES) >= 8:
+                _SOURCES.pop(next(iter(_SOURCES)))
+            _SOURCES[key] = tensors
+        return times_mask(tensors, self.read(ref["times"]))
 
     def unit(self, *parts: str) -> "Unit":
         return Unit(self.path.joinpath(*parts))

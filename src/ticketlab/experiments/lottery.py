@@ -29,7 +29,7 @@ from ..results import Results, diverged_columns
 from ..sparse import Mask, layer_fractions, prune, random_mask_like, score
 from ..sparse.allocation import pools
 from ..sparse.schedule import most_levels
-from ..store import Unit
+from ..store import Derived, Unit
 from ..train import Schedule
 from ..train.fit import Checkpoints
 from ..train.jobs import Job
@@ -186,6 +186,16 @@ class Lottery(Experiment):
             return mask, mask.applied(weights)
         raise UserError(f"unknown arm {arm!r}; valid: ticket, {', '.join(CONTROLS)}")
 
+    def start_source(self, seed: int, level: int, arm: str) -> tuple[Unit, str] | None:
+        """Where a unit's start weights come from when they are a stored file times its mask (the store then
+        keeps a reference instead of a copy): the rewind point, or the previous ticket's final weights when
+        fine-tuning. None: stored in full (level 0's init, re-initialised and reshuffled controls)."""
+        if level == 0 or arm in ("random_reinit", "reshuffle"):
+            return None
+        if arm == "ticket" and self.spec.lottery.retrain != "rewind":
+            return self.unit(seed, level - 1, "ticket"), "final.safetensors"
+        return self.unit(seed, 0, "ticket"), "rewind.safetensors" if self.plan.rewind else "start.safetensors"
+
     # ------------------------------------------------------------------------------------------ units
     def units(self) -> list[Work]:
         out = []
@@ -225,7 +235,9 @@ class Lottery(Experiment):
         final = {k: v.detach().cpu() for k, v in job.model.state_dict().items()}
         result = {"level": level, "weights_remaining": job.mask.density(), "arm": arm, "seed": seed,
                   **fitted.summary(), "seconds": round(seconds, 3)}
-        files = {"mask.safetensors": job.mask.to_tensors(), "start.safetensors": job.start_weights,
+        source = self.start_source(seed, level, arm)
+        start = job.start_weights if source is None else Derived(*source, "mask.safetensors", job.start_weights)
+        files = {"mask.safetensors": job.mask.to_tensors(), "start.safetensors": start,
                  "final.safetensors": final, "metrics.jsonl": fitted.metrics, "sparsity.json": job.mask.report()}
         for cb in job.callbacks:
             if isinstance(cb, Snapshot):

@@ -131,7 +131,7 @@ def run(sweep: Sweep, *, out: str = "runs", force: bool = False, progress: bool 
     point's run folder is locked while it runs (`wait`: wait for another command holding one)."""
     from ..errors import os_fault
     from ..results import Results
-    from ..store import Unit
+    from ..store import Run, Unit
     from . import runner
 
     runner.check_out(out)
@@ -144,17 +144,18 @@ def run(sweep: Sweep, *, out: str = "runs", force: bool = False, progress: bool 
             where = ", ".join(f"{k}={v!r}" for k, v in point.items())
             raise UserError(f"{sweep.path} point {where}: {e}") from None
     folder = Unit(Path(out) / sweep.folder_name())
-    results = runner.run_many(experiments, out=out, force=force, progress=progress, wait=wait)
-    rows, index = [], []
-    for point, exp, res in zip(sweep.points, experiments, results):
-        index.append({**point, "run": exp.run.path.name})
-        rows += [{**point, **r} for r in res.rows]
-    try:
+    index = [{**point, "run": Run.folder(out, spec).name} for point, spec in zip(sweep.points, sweep.specs)]
+    try:   # written first: `ticketlab show` of a sweep still running (or killed) gathers its points' rows
         folder.path.mkdir(parents=True, exist_ok=True)
+        folder.write("spec.json", {"experiment": "sweep", "of": sweep.experiment, "file": str(sweep.path),
+                                   "axes": sweep.axes, "points": index})
+        (folder.path / "results.csv").unlink(missing_ok=True)   # the points may change: until all of them are done
     except OSError as e:
         raise os_fault(e) from None
-    folder.write("spec.json", {"experiment": "sweep", "of": sweep.experiment, "file": str(sweep.path),
-                               "axes": sweep.axes, "points": index})
+    results = runner.run_many(experiments, out=out, force=force, progress=progress, wait=wait)
+    rows = []
+    for point, res in zip(sweep.points, results):
+        rows += [{**point, **r} for r in res.rows]
     folder.write("results.csv", rows)
     folder.write("results.json", rows)
     folder.write("summary.json", {"experiment": "sweep", "of": sweep.experiment, "axes": sweep.axes,
