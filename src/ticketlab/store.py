@@ -98,6 +98,27 @@ def times_mask(weights: dict, mask: dict) -> dict:
 _SOURCES: dict[tuple, dict] = {}
 
 
+def _source(path: Path, sha256: str) -> dict:
+    """The tensors of the unit file `path`, which its manifest must list with `sha256` (CorruptFile
+    otherwise); verified once per process while the file's size and mtime stay the same."""
+    try:
+        st = path.stat()
+    except OSError:
+        raise CorruptFile(f"{path}: missing") from None
+    key = (str(path), sha256, st.st_mtime_ns, st.st_size)
+    tensors = _SOURCES.get(key)
+    if tensors is None:
+        unit = Unit(path.parent)
+        entry = (unit.manifest() or {}).get("files", {}).get(path.name)
+        if not isinstance(entry, dict) or entry.get("sha256") != sha256:
+            raise CorruptFile(f"{path}: not the file its manifest lists with this hash")
+        tensors = unit.read(path.name)
+        if len(_SOURCES) >= 8:
+            _SOURCES.pop(next(iter(_SOURCES)))
+        _SOURCES[key] = tensors
+    return tensors
+
+
 def _valid_entry(entry) -> bool:
     if not isinstance(entry, dict):
         return False
@@ -206,13 +227,13 @@ class Unit:
         """The manifest entry of `d` by reference, or None when the reference would not give `d.tensors`."""
         from .codec import identical
 
+        mask = files.get(d.times)
         try:
-            source = d.source.read(d.name)
             sha = d.source.manifest()["files"][d.name]["sha256"]
+            source = _source(d.source.path / d.name, sha)
         except (CorruptFile, KeyError, TypeError):
             return None
-        mask = files.get(d.times)
-        if not isinstance(mask, dict) or "derived" in (d.source.manifest()["files"][d.name]):
+        if not isinstance(mask, dict):
             return None
         made = times_mask(source, mask)
         if made.keys() != d.tensors.keys() or not all(identical(made[k], d.tensors[k]) for k in made):
@@ -222,20 +243,9 @@ class Unit:
     def _read_derived(self, where: str, ref: dict) -> dict:
         path = Path(os.path.normpath(self.path / ref["from"]))
         try:
-            st = path.stat()
-        except OSError:
+            tensors = _source(path, ref["sha256"])
+        except CorruptFile:
             raise CorruptFile(f"{where}: its source {path} is missing or changed since it was written") from None
-        key = (str(path), ref["sha256"], st.st_mtime_ns, st.st_size)
-        tensors = _SOURCES.get(key)
-        if tensors is None:
-            source = Unit(path.parent)
-            entry = (source.manifest() or {}).get("files", {}).get(path.name)
-            if not isinstance(entry, dict) or entry.get("sha256") != ref["sha256"]:
-                raise CorruptFile(f"{where}: its source {path} is missing or changed since it was written")
-            tensors = source.read(path.name)
-            if len(_SOURCES) >= 8:
-                _SOURCES.pop(next(iter(_SOURCES)))
-            _SOURCES[key] = tensors
         return times_mask(tensors, self.read(ref["times"]))
 
     def unit(self, *parts: str) -> "Unit":
