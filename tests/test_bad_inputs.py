@@ -14,7 +14,7 @@ from ticketlab import cli
 from ticketlab import spec as specs
 from ticketlab import steps
 
-EXPERIMENTS = ("lottery", "deconstruct", "supermask", "lca", "stability", "earlybird")
+EXPERIMENTS = ("lottery", "deconstruct", "supermask", "lca", "stability", "earlybird", "forget")
 WITH_PRUNING = ("lottery", "deconstruct", "stability")   # the experiments with --levels-like and --prune-* settings
 WITH_LEVELS = ("lottery", "deconstruct")
 # a small valid run (synthetic data: 600 training samples, 6 iterations per epoch at batch 100); 30it is the

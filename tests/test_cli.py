@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from ticketlab import cli
+from ticketlab.names import DATASETS as DATASET_NAMES
 from ticketlab import spec as specs
 
 FAST = ["--dataset", "synthetic", "--model", "mlp", "--widths", "16", "--steps", "20it", "--batch-size", "100",
@@ -318,7 +319,7 @@ def test_experiment_modules_reexport_the_torch_free_specs_and_tables():
 # ------------------------------------------------------------------------------------------ bad input
 @pytest.mark.parametrize("args,message", [
     (["--model", "resnet999"], "unknown model 'resnet999'; valid: "),
-    (["--dataset", "imagenet"], "unknown dataset 'imagenet'; valid: cifar10, fashion_mnist, mnist, mnist1d, synthetic"),
+    (["--dataset", "imagenet"], "unknown dataset 'imagenet'; valid: " + ", ".join(sorted(DATASET_NAMES))),
     (["--optimizer", "rmsprop"], "unknown optimizer 'rmsprop'; valid: adam, sgd"),
     (["--levels", "-1"], "--levels: must be >= 0"),
     (["--prune-fraction", "1.2"], "--prune-fraction: must be in (0, 1)"),

@@ -258,9 +258,9 @@ def test_prunable_and_output_names_on_handwritten_model():
 
 def test_unknown_model_lists_valid_names():
     with pytest.raises(UserError) as info:
-        build("resnet18", CIFAR, 10, seed=0)
+        build("resnet50", CIFAR, 10, seed=0)
     message = str(info.value)
-    assert "'resnet18'" in message
+    assert "'resnet50'" in message
     assert all(name in message for name in MODELS)
 
 

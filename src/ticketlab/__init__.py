@@ -5,7 +5,7 @@
     results.summary()
 
 Every experiment of the command line has a function of the same name here (`lottery`, `deconstruct`,
-`supermask`, `lca`, `stability`, `earlybird`): give it a spec, or settings by name, and get the tidy
+`supermask`, `lca`, `stability`, `earlybird`, `forget`): give it a spec, or settings by name, and get the tidy
 results table back; files go to `out` as with the command.
 """
 
@@ -42,5 +42,18 @@ supermask = _api("supermask")
 lca = _api("lca")
 stability = _api("stability")
 earlybird = _api("earlybird")
+forget = _api("forget")
 
-__all__ = ["lottery", "deconstruct", "supermask", "lca", "stability", "earlybird", "__version__"]
+
+def load_ticket(path, sparse: bool = False):
+    """A ticket written by `ticketlab export` (safetensors) as a ready `nn.Module` in eval mode: dense weights, or
+    `torch.sparse` CSR weights for the pruned layers with `sparse=True`. `ticket(x)` takes inputs normalised as
+    the run's data set normalises them; `ticket.normalize(raw)` applies that normalisation to raw inputs
+    (`ticket.predict(raw)` does both); `ticket.info` is the file's metadata. Raises `ticketlab.io.CorruptFile`
+    when the file is not an intact ticket. See `ticketlab.export` for the file format."""
+    from .export import load_ticket as _load
+
+    return _load(path, sparse=sparse)
+
+
+__all__ = ["lottery", "deconstruct", "supermask", "lca", "stability", "earlybird", "forget", "load_ticket", "__version__"]

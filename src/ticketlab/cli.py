@@ -74,6 +74,12 @@ EXPERIMENTS: dict[str, Experiment] = {e.name: e for e in (
                "linear mode connectivity: error barrier between two copies trained from step k, dense and tickets"),
     Experiment("earlybird", "ticketlab.specs.earlybird:EarlyBirdSpec", "ticketlab.experiments.earlybird",
                "early-bird tickets: BatchNorm-scale channel masks, FIFO mask-distance test, real channel pruning"),
+    Experiment("forget", "ticketlab.specs.forget:ForgetSpec", "ticketlab.experiments.forget",
+               "forget and relearn: generations of later-layer forgetting, knowledge evolution, random or IMP-style "
+               "forgetting against a long training; targeted-forgetting probes"),
+    Experiment("referential", "ticketlab.specs.referential:ReferentialSpec", "ticketlab.experiments.referential",
+               "the referential game alone (sender/receiver, topographic similarity) with and without forgetting; "
+               "also `forget --task referential-game`"),
 )}
 
 
@@ -89,6 +95,9 @@ def add_run_arguments(parser: Parser) -> None:
     parser.add_argument("--config", metavar="FILE.toml",
                         help="read settings from a TOML file of at most 1 MiB, flat or under their tables ([train], ...), with "
                              "TOML types (levels = 2, not \"2\"); flags override it")
+    parser.add_argument("--preset", metavar="NAME",
+                        help="start from a paper's settings (`ticketlab presets` lists them); --config and flags override "
+                             "them, and the run folder depends only on the settings the command ends with")
     parser.add_argument("--out", default="runs", metavar="DIR", help="parent folder of run folders (default: runs)")
     parser.add_argument("--force", action="store_true", help="discard an existing run folder of this spec and recompute")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
@@ -209,7 +218,9 @@ def _typed(row: dict) -> dict:
 SWEEP_HELP = "run one experiment over a grid of settings: every point a run folder, all units in one task graph"
 SWEEP_DESCRIPTION = (SWEEP_HELP + ". SWEEP.toml names `experiment`, its [base] settings and the axes: [grid] "
                      "(every combination) and [zip] (lists of equal length, taken together); see examples/. Setting flags "
-                     "after the file (--seeds 0,1 --data-dir D --executor ray ...) override [base] for every point.")
+                     "after the file (--seeds 0,1 --data-dir D --executor ray ...) override [base] for every point; "
+                     "[base] (or the top of the file) may name a preset = \"NAME\", under its settings, and --preset "
+                     "NAME after the file replaces it.")
 
 
 def sweep_arguments(parser: Parser) -> None:
@@ -223,7 +234,7 @@ def sweep_overrides(words: list[str], spec_cls) -> tuple[dict, dict]:
     from . import spec as specs
 
     by_flag = {s.flag: s.name for s in specs.settings_of(spec_cls)}
-    options, settings, i = {"out": "runs", "force": False, "no_progress": False, "wait": False}, {}, 0
+    options, settings, i = {"out": "runs", "force": False, "no_progress": False, "wait": False, "preset": None}, {}, 0
     while i < len(words):
         word = words[i]
         flag, eq, value = word.partition("=")
@@ -231,15 +242,16 @@ def sweep_overrides(words: list[str], spec_cls) -> tuple[dict, dict]:
             options[flag[2:].replace("-", "_")] = True
             i += 1
             continue
-        if not flag.startswith("--") or (flag != "--out" and flag not in by_flag):
-            raise UserError(f"sweep: unknown option {word!r}; valid: --out, --force, --no-progress, --wait, {', '.join(sorted(by_flag))}")
+        if not flag.startswith("--") or (flag not in ("--out", "--preset") and flag not in by_flag):
+            raise UserError(f"sweep: unknown option {word!r}; valid: --out, --preset, --force, --no-progress, --wait, "
+                            f"{', '.join(sorted(by_flag))}")
         if not eq:
             if i + 1 >= len(words):
                 raise UserError(f"sweep: {flag} needs a value")
             value, i = words[i + 1], i + 1
         i += 1
-        if flag == "--out":
-            options["out"] = value
+        if flag in ("--out", "--preset"):
+            options[flag[2:]] = value
         else:
             settings[by_flag[flag]] = value
     return options, settings
@@ -252,10 +264,88 @@ def sweep_action(args: argparse.Namespace) -> int:
     if doc_experiment not in EXPERIMENTS:
         raise UserError(f"{args.file}: experiment = {doc_experiment!r} is not an experiment; valid: {', '.join(sorted(EXPERIMENTS))}")
     options, settings = sweep_overrides(args.settings, EXPERIMENTS[doc_experiment].spec_class())
-    sweep = sweeps.load(args.file, {doc_experiment: EXPERIMENTS[doc_experiment].spec_class()}, settings)
+    sweep = sweeps.load(args.file, {doc_experiment: EXPERIMENTS[doc_experiment].spec_class()}, settings,
+                        preset=options["preset"])
     results, folder = sweeps.run(sweep, out=options["out"], force=options["force"],
                                  progress=False if options["no_progress"] else None, wait=options["wait"])
     print(f"sweep folder: {folder} ({len(sweep.points)} points, {len(results)} rows)")
+    return 0
+
+
+# ----------------------------------------------------------------------------------------------- report
+REPORT_HELP = "one self-contained HTML page of every figure of run or sweep folders (several: overlaid to compare)"
+REPORT_DESCRIPTION = (REPORT_HELP + ". The page opens with a summary table, then each experiment's figures (accuracy "
+                      "vs weights remaining with spread bands, training curves per level, per-layer sparsity, LCA, "
+                      "error barriers, early-bird mask distances, sweep curves per axis, ...); several runs share axes, "
+                      "the legend naming the settings in which they differ. Figures are embedded: the file opens "
+                      "without a network. An unfinished run shows its finished units and says what is missing.")
+
+
+def report_arguments(parser: Parser) -> None:
+    parser.add_argument("paths", nargs="+", metavar="PATH", help="a run folder (runs/lottery-<hash>) or a sweep folder; several to compare")
+    parser.add_argument("--out", default="report.html", metavar="FILE", help="the HTML file to write (default: report.html)")
+
+
+def report_action(args: argparse.Namespace) -> int:
+    from .report import html
+
+    target = html.write(args.paths, args.out)
+    print(f"report: {target}")
+    return 0
+
+
+# ----------------------------------------------------------------------------------------------- export
+EXPORT_HELP = "write one ticket of a lottery or early-bird run as a compact file (safetensors, CSR weights) or as ONNX"
+EXPORT_DESCRIPTION = (EXPORT_HELP + ". safetensors: per pruned layer only the kept weights and their indices (CSR), the "
+                      "other tensors as they are, and metadata (model and its arguments, the data set's normalisation, "
+                      "run hash, seed, level, arm, density); read it with ticketlab.load_ticket(FILE). An early-bird "
+                      "ticket of a network with BatchNorm is the smaller dense network. onnx: the dense (or smaller) "
+                      "network, checked with onnxruntime on the run's test set (pip install 'ticketlab[export]').")
+
+
+def export_arguments(parser: Parser) -> None:
+    parser.add_argument("run_dir", metavar="RUN", help="a lottery or earlybird run folder")
+    parser.add_argument("--seed", type=int, required=True, help="the seed of the ticket")
+    parser.add_argument("--level", type=int, help="lottery runs: the pruning level (0 = the dense network)")
+    parser.add_argument("--arm", default="ticket", help="lottery runs: ticket (default) or a control (random_reinit, ...)")
+    parser.add_argument("--ratio", type=float, metavar="P", help="early-bird runs: the prune ratio of the ticket")
+    parser.add_argument("--format", choices=("safetensors", "onnx"), default="safetensors",
+                        help="safetensors (compact, CSR weights; default) or onnx (dense weights)")
+    parser.add_argument("--out", metavar="FILE", help="the file to write (default: <run folder>-seed-S-level-LL-<arm>.<format> here)")
+    parser.add_argument("--data-dir", metavar="DIR", help="the data folder, if not the run's --data-dir (the test set checks the file)")
+    parser.add_argument("--check-samples", type=int, default=0, metavar="N",
+                        help="check the file on the first N test samples only (default 0: the whole test set)")
+
+
+def export_action(args: argparse.Namespace) -> int:
+    if args.level is not None and args.level < 0:
+        raise UserError(f"--level {args.level}: levels are 0 or more")
+    if args.check_samples < 0:
+        raise UserError(f"--check-samples {args.check_samples}: must be 0 (all) or more")
+    from .export import ONNX_TOLERANCE, export
+
+    r = export(args.run_dir, seed=args.seed, level=args.level, arm=args.arm, ratio=args.ratio, fmt=args.format,
+               out=args.out, data_dir=args.data_dir, check_samples=args.check_samples)
+    print(f"exported {r['what']} of {args.run_dir} ({r['model']} on {r['dataset']}, {100 * r['density']:.3g}% weights "
+          f"remaining) to {r['file']}: {r['bytes'] / 1e3:.1f} kB (the unpruned network in float32: {r['dense_bytes'] / 1e3:.1f} kB)")
+    if r["format"] == "onnx":
+        print(f"onnxruntime check: max |difference| to PyTorch {r['max_difference']:.3g} over {r['samples']} test inputs "
+              f"(limit {ONNX_TOLERANCE:g})")
+    else:
+        sparse = f", {r['max_difference_sparse']:.3g} with sparse=True" if "max_difference_sparse" in r else ""
+        print(f"check: load_ticket({r['file']}) gives the run's network's outputs on {r['samples']} test inputs "
+              f"within {r['max_difference']:.3g}{sparse}")
+    return 0
+
+
+# --------------------------------------------------------------------------------------------- presets
+PRESETS_HELP = "list the paper presets (--preset NAME): their settings, source and the published figure"
+
+
+def presets_action(args: argparse.Namespace) -> int:
+    from . import presets
+
+    print(presets.listing())
     return 0
 
 
@@ -263,8 +353,11 @@ def sweep_action(args: argparse.Namespace) -> int:
 COMMANDS: dict[str, Command] = {
     **{name: experiment_command(e) for name, e in EXPERIMENTS.items()},
     "sweep": Command(SWEEP_HELP, sweep_arguments, sweep_action, SWEEP_DESCRIPTION),
+    "presets": Command(PRESETS_HELP, lambda parser: None, presets_action),
+    "export": Command(EXPORT_HELP, export_arguments, export_action, EXPORT_DESCRIPTION),
     "show": Command(SHOW_HELP, show_arguments, lambda args: show(args.run_dir, args.format),
                     "Print the results of a run folder (results.csv, or the finished units of an unfinished run)."),
+    "report": Command(REPORT_HELP, report_arguments, report_action, REPORT_DESCRIPTION),
 }
 
 

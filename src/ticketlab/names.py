@@ -9,12 +9,12 @@ fails when one is changed without the other.
 from __future__ import annotations
 
 # ticketlab.data.DATASETS
-DATASETS: tuple[str, ...] = ("mnist1d", "mnist", "fashion_mnist", "cifar10", "synthetic")
+DATASETS: tuple[str, ...] = ("mnist1d", "mnist", "fashion_mnist", "cifar10", "synthetic", "folder")
 
 # ticketlab.models.MODELS
 MODELS: tuple[str, ...] = (
     "lenet_300_100", "mlp", "mnist1d_mlp", "mnist1d_cnn", "conv2", "conv4", "conv6", "resnet20", "vgg16_bn",
-    "resnet32", "resnet44", "resnet56", "resnet110", "vgg11_bn", "vgg13_bn", "vgg19_bn", "mnist1d_cnn_bn",
+    "resnet32", "resnet44", "resnet56", "resnet110", "resnet18", "vgg11_bn", "vgg13_bn", "vgg19_bn", "mnist1d_cnn_bn",
 )
 
 # ticketlab.models.INITS
@@ -35,3 +35,9 @@ MASK_ZERO_ACTIONS: tuple[str, ...] = ("zero", "freeze_init", "freeze_init_zero_m
 
 # ticketlab.sparse.supermask.METHODS
 SUPERMASK_METHODS: tuple[str, ...] = ("bernoulli", "edge-popup")
+
+# ticketlab.sparse.forget: the forgetting operations, the split modes of knowledge evolution, and what is frozen
+FORGET_METHODS: tuple[str, ...] = ("llf", "ke", "random", "imp")
+KE_SPLIT_MODES: tuple[str, ...] = ("kels", "wels")
+REDRAWS: tuple[str, ...] = ("init", "zero")
+FREEZE: tuple[str, ...] = ("none", "kept", "reset")

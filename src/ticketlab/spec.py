@@ -342,20 +342,46 @@ def build(spec_cls, values: dict[str, Any]):
     train = getattr(spec, "train", None)
     if isinstance(train, TrainSpec):
         train.check()
+    data = getattr(spec, "data", None)
+    if isinstance(data, DataSpec):
+        data.check()
     check = getattr(spec, "validate", None)
     if check:
         check()
     return spec
 
 
-def from_mapping(spec_cls, mapping: dict, source: str = "spec", strict: bool = False):
+def preset_values(spec_cls, name: str) -> dict[str, Any]:
+    """The canonical `{setting: value}` that preset `name` (`ticketlab.presets`) gives this experiment."""
+    from . import presets
+
+    out = {}
+    table = {s.name: s for s in settings_of(spec_cls)}
+    for key, value in presets.values(name, spec_cls.experiment).items():
+        if key not in table:   # a fault of the presets table: tests/test_presets.py builds every one
+            raise UserError(f"preset {name!r}: {key} is not a setting of {spec_cls.experiment}")
+        out[key] = table[key].coerce(value, f"preset {name}: {key}")
+    return out
+
+
+def from_mapping(spec_cls, mapping: dict, source: str = "spec", strict: bool = False, preset: str | None = None):
     """Flat or grouped dict (TOML, JSON, Python keywords) -> spec. Unknown keys are refused by name, and so
     are a setting given twice (flat and under its table) and a setting under another group's table.
     `strict`: the values were read from a TOML file, so their types must be the settings' own
-    (`Kind.from_file`: `levels = "2"` is refused)."""
+    (`Kind.from_file`: `levels = "2"` is refused).
+
+    A top-level `preset = "NAME"` (or the `preset` argument, which replaces it: a `--preset` flag) applies
+    that preset's settings first; the mapping's own settings override them. The preset itself is not kept:
+    the spec (and its hash) is the settings it ends with."""
     table = {s.name: s for s in settings_of(spec_cls)}
     groups = group_classes(spec_cls)
     values, where_given = {}, {}
+    if "preset" in mapping:
+        mapping = dict(mapping)
+        named = mapping.pop("preset")
+        if not isinstance(named, str):
+            raise UserError(f"{source}: preset must be a preset name in quotes, got {named!r}")
+        preset = preset if preset is not None else named
 
     def take(key, value, where, group=None):
         name = str(key).replace("-", "_")
@@ -377,6 +403,8 @@ def from_mapping(spec_cls, mapping: dict, source: str = "spec", strict: bool = F
             raise UserError(f"{source}: unknown table [{key}]; valid tables: {', '.join(groups)}")
         else:
             take(key, value, source)
+    if preset is not None:
+        values = {**preset_values(spec_cls, preset), **values}
     return build(spec_cls, values)
 
 
@@ -408,16 +436,17 @@ def read_toml(path: str | Path, what: str = "config file", hint: str = "a TOML f
         raise UserError(f"{path}: not valid TOML ({str(e).splitlines()[0] if str(e) else type(e).__name__})") from None
 
 
-def from_toml(spec_cls, path: str | Path, overrides: dict | None = None):
+def from_toml(spec_cls, path: str | Path, overrides: dict | None = None, preset: str | None = None):
     """Spec from a TOML config file (flat or grouped settings, strictly typed), then `overrides`. The file
-    may name its experiment (`experiment = "lottery"`); naming another one is refused."""
+    may name its experiment (`experiment = "lottery"`); naming another one is refused. The file's
+    `preset = "NAME"` (or `preset`, which replaces it) applies under the file's settings."""
     mapping = read_toml(path)
     if "experiment" in mapping:
         named = mapping.pop("experiment")
         if named != spec_cls.experiment:
             raise UserError(f"{path}: experiment = {named!r}, but this command runs {spec_cls.experiment!r}; "
                             f"use that experiment's command, or remove the line")
-    spec = from_mapping(spec_cls, mapping, str(path), strict=True)
+    spec = from_mapping(spec_cls, mapping, str(path), strict=True, preset=preset)
     return replace(spec, **(overrides or {})) if overrides else spec
 
 
@@ -472,12 +501,16 @@ def add_arguments(parser: argparse.ArgumentParser, spec_cls) -> None:
 
 
 def from_arguments(spec_cls, namespace: argparse.Namespace, config: str | None = None):
-    """Spec from parsed flags, on top of a TOML file if one is given (flags win)."""
+    """Spec from parsed flags, on top of a TOML file if one is given, on top of a preset if one is named
+    (`--preset`, else the file's `preset = ...`): preset < file < flags."""
     table = {s.name: s for s in settings_of(spec_cls)}
     given = {name: table[name].parse(text, table[name].flag)
              for name, text in vars(namespace).items() if name in table}
+    preset = getattr(namespace, "preset", None)
     if config is not None:
-        return from_toml(spec_cls, config, given)
+        return from_toml(spec_cls, config, given, preset=preset)
+    if preset is not None:
+        given = {**preset_values(spec_cls, preset), **given}
     return build(spec_cls, given)
 
 
@@ -509,12 +542,22 @@ class DataSpec:
     """Which data and how it is changed before training."""
 
     dataset: str = setting("mnist1d", "data set", Choice("dataset", _datasets))
-    data_dir: str = setting("data", "folder holding data files (MNIST-1D is generated and cached here)", Text(), hashed=False)
+    data_dir: str = setting("data", "folder holding data files (MNIST-1D is generated and cached here; for --dataset folder: "
+                            "DIR/train/<class>/ and DIR/test/<class>/ image folders)", Text(), hashed=False)
     subsample: float = setting(1.0, "fraction of the training set kept (seeded by --data-seed)", Float(0, 1, low_open=True))
     random_labels: float = setting(0.0, "fraction of training labels replaced by uniformly random ones", Float(0, 1))
     data_seed: int = setting(0, "seed of subsampling and label randomisation (< 2**32)", Seed())
     mnist1d_seed: int = setting(42, "seed given to the MNIST-1D generator (42 = the published set; < 2**32)", Seed())
-    augment: bool = setting(True, "use the data set's train-time augmentation (CIFAR-10: crop pad 4 + flip)", Bool())
+    augment: bool = setting(True, "use the data set's train-time augmentation (CIFAR-10: crop pad 4 + flip; folder: "
+                            "random-resized crop + flip)", Bool())
+    image_size: int = setting(224, "side in pixels of --dataset folder images (shorter side resized to it, then centre-cropped "
+                              "to a square)", Int(1, 4096))
+
+    def check(self) -> None:
+        """What is wrong whatever the data files: checked with every spec (`build`)."""
+        if self.image_size != 224 and self.dataset != "folder":
+            raise UserError(f"--image-size applies to --dataset folder only (got --dataset {self.dataset}, whose images "
+                            f"have a fixed size)")
 
 
 @dataclass(frozen=True)
@@ -537,6 +580,8 @@ class TrainSpec:
     momentum: float = setting(0.9, "SGD momentum", Float(0, 1, high_open=True))
     nesterov: bool = setting(False, "SGD with Nesterov momentum", Bool())
     weight_decay: float = setting(0.0, "L2 weight decay", Float(0))
+    label_smoothing: float = setting(0.0, "label smoothing of the training loss (Szegedy et al. 2016), in [0, 1); the "
+                                     "reported test loss is plain cross-entropy", Float(0, 1, high_open=True))
     schedule: str = setting("constant", f"learning-rate schedule: {', '.join(SCHEDULES)}", Choice("schedule", lambda: SCHEDULES))
     milestones: tuple = setting((), "steps where the milestones schedule multiplies the rate by --gamma, e.g. 80ep,120ep", ListOf(Step(), nonempty=False))
     gamma: float = setting(0.1, "factor of the milestones schedule", Float(0, 1, low_open=True))

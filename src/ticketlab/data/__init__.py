@@ -9,6 +9,8 @@ Data sets (`DATASETS`):
   mnist          MNIST (LeCun et al., 1998) from the user's IDX files.
   fashion_mnist  Fashion-MNIST (Xiao et al., 2017) from the user's IDX files.
   cifar10        CIFAR-10 (Krizhevsky, 2009) from the user's `cifar-10-batches-py` folder.
+  folder         the user's images, `DIR/train/<class>/...` and `DIR/test/<class>/...` (decoded with Pillow
+                 once, at `image_size` pixels, and cached; see `ticketlab.data.folder`).
   synthetic      a small deterministic learnable set for tests.
 
 Nothing is ever downloaded.
@@ -47,10 +49,10 @@ class Dataset:
         return tuple(self.train_x.shape[1:])
 
 
-DATASETS: tuple[str, ...] = ("mnist1d", "mnist", "fashion_mnist", "cifar10", "synthetic")
+DATASETS: tuple[str, ...] = ("mnist1d", "mnist", "fashion_mnist", "cifar10", "synthetic", "folder")
 
 
-def _load_raw(name: str, data_dir: Path, data_seed: int, mnist1d_seed: int) -> Dataset:
+def _load_raw(name: str, data_dir: Path, data_seed: int, mnist1d_seed: int, image_size: int = 224) -> Dataset:
     # Imports are local so that `import ticketlab.data` stays cheap (mnist1d pulls in scipy and matplotlib).
     if name == "mnist1d":
         from ticketlab.data.mnist1d import load_mnist1d
@@ -68,6 +70,10 @@ def _load_raw(name: str, data_dir: Path, data_seed: int, mnist1d_seed: int) -> D
         from ticketlab.data.synthetic import make_synthetic
 
         return make_synthetic(data_seed)
+    if name == "folder":
+        from ticketlab.data.folder import load_folder
+
+        return load_folder(data_dir, image_size)
     raise unknown_name("dataset", name, DATASETS)  # pragma: no cover - guarded in load()
 
 
@@ -117,6 +123,16 @@ def randomize_labels(ds: Dataset, fraction: float, data_seed: int) -> Dataset:
     return replace(ds, train_y=y)
 
 
+def random_label_indices(n: int, fraction: float, data_seed: int) -> torch.Tensor:
+    """The (sorted) indices of the training samples whose labels `randomize_labels(ds, fraction, data_seed)`
+    replaced, for a training set of `n` samples (after any subsampling): the same draw, so it names exactly
+    those samples. About 1 in num_classes of them drew their true label again; they still count."""
+    k = round(fraction * n)
+    if k == 0:
+        return torch.zeros(0, dtype=torch.int64)
+    return torch.randperm(n, generator=generator("random_labels", data_seed))[:k].sort().values
+
+
 def load(
     name: str,
     data_dir: str | Path = "data",
@@ -125,12 +141,14 @@ def load(
     random_labels: float = 0.0,
     data_seed: int = 0,
     mnist1d_seed: int = 42,
+    image_size: int = 224,
 ) -> Dataset:
     """Load data set `name` (one of DATASETS) into memory.
 
     subsample in (0, 1]: keep a seeded random subset of the training set (applied first).
     random_labels in [0, 1]: give a seeded random fraction of the (kept) training samples uniform random labels.
     data_seed seeds both (and the noise of `synthetic`); mnist1d_seed seeds the MNIST-1D generator.
+    image_size: the side in pixels of `folder` images (the other data sets have their own fixed sizes).
     Missing or malformed files raise UserError naming the file and the expected format.
     """
     if name not in DATASETS:
@@ -140,7 +158,9 @@ def load(
     sub = _fraction(subsample, "subsample", allow_zero=False)
     rl = _fraction(random_labels, "random_labels", allow_zero=True)
     data_seed = int(data_seed)
-    ds = _load_raw(name, Path(data_dir), data_seed, int(mnist1d_seed))
+    if isinstance(image_size, bool) or not isinstance(image_size, int) or image_size < 1:
+        raise UserError(f"image_size must be a positive integer, got {image_size!r}")
+    ds = _load_raw(name, Path(data_dir), data_seed, int(mnist1d_seed), image_size)
     if sub < 1.0:
         ds = subsample_train(ds, sub, data_seed)
     if rl > 0.0:
@@ -157,6 +177,7 @@ __all__ = [
     "derive_seed",
     "evaluation_batches",
     "load",
+    "random_label_indices",
     "randomize_labels",
     "subsample_train",
 ]

@@ -55,7 +55,7 @@ class Setup:
         torch.set_num_threads(t.threads or 1)
         device = resolve_device(t.device)
         data = datasets.load(d.dataset, d.data_dir, subsample=d.subsample, random_labels=d.random_labels,
-                             data_seed=d.data_seed, mnist1d_seed=d.mnist1d_seed)
+                             data_seed=d.data_seed, mnist1d_seed=d.mnist1d_seed, image_size=d.image_size)
         if not d.augment:
             data = dataclasses.replace(data, augment=None)
         n = len(data.train_y)

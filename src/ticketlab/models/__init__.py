@@ -18,7 +18,7 @@ from ticketlab.models.conv import conv_net, mnist1d_cnn
 from ticketlab.models.conv_bn import mnist1d_cnn_bn
 from ticketlab.models.init import INITS, WEIGHTED, check_init, check_seed, initialize
 from ticketlab.models.mlp import mlp
-from ticketlab.models.resnet import resnet
+from ticketlab.models.resnet import resnet, resnet18
 from ticketlab.models.vgg import vgg
 
 __all__ = ["MODELS", "INITS", "build", "initialize", "prunable_names", "output_name"]
@@ -45,6 +45,7 @@ _REGISTRY: dict[str, _Entry] = {
     "resnet44": _Entry(resnet(44)),
     "resnet56": _Entry(resnet(56)),
     "resnet110": _Entry(resnet(110)),
+    "resnet18": _Entry(resnet18),  # ImageNet-style (torchvision's layout and names), for the forget-and-relearn paper
     "vgg11_bn": _Entry(vgg(11)),
     "vgg13_bn": _Entry(vgg(13)),
     "vgg19_bn": _Entry(vgg(19)),

@@ -1,4 +1,5 @@
-"""CIFAR ResNets (He et al. 2016, Sec. 4.2) as in OpenLTH `models/cifar_resnet.py` (facebookresearch/open_lth).
+"""CIFAR ResNets (He et al. 2016, Sec. 4.2) as in OpenLTH `models/cifar_resnet.py` (facebookresearch/open_lth),
+and the ImageNet-style ResNet-18 (`resnet18`, below).
 
 ResNet-N, N = 6D + 2: a 3x3 conv to 16 filters (no bias) + BN + ReLU, three stages of D basic blocks with
 16/32/64 filters (stride 2 in the first block of stages 2 and 3), global average pooling, Linear(64, classes).
@@ -65,3 +66,60 @@ def resnet(depth: int):
     def make(input_shape: tuple[int, ...], num_classes: int, widths=None) -> ResNet:
         return ResNet(input_shape, depth, num_classes)
     return make
+
+
+# ---------------------------------------------------------------------------------------------- ResNet-18
+class BasicBlock(nn.Module):
+    """ImageNet ResNet's basic block (He et al. 2016, Table 1; torchvision's `BasicBlock`): conv3x3-BN-ReLU-
+    conv3x3-BN plus the shortcut (identity, or `downsample` = strided 1x1 conv + BN where the shape
+    changes), then ReLU. Module names are torchvision's."""
+
+    def __init__(self, f_in: int, f_out: int, stride: int):
+        super().__init__()
+        self.conv1 = nn.Conv2d(f_in, f_out, kernel_size=3, stride=stride, padding=1, bias=False)
+        self.bn1 = nn.BatchNorm2d(f_out)
+        self.conv2 = nn.Conv2d(f_out, f_out, kernel_size=3, stride=1, padding=1, bias=False)
+        self.bn2 = nn.BatchNorm2d(f_out)
+        self.downsample = (nn.Sequential(nn.Conv2d(f_in, f_out, kernel_size=1, stride=stride, bias=False),
+                                         nn.BatchNorm2d(f_out))
+                           if stride != 1 or f_in != f_out else None)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = torch.relu(self.bn1(self.conv1(x)))
+        out = self.bn2(self.conv2(out))
+        identity = x if self.downsample is None else self.downsample(x)
+        return torch.relu(out + identity)
+
+
+class ImageNetResNet(nn.Module):
+    """The ImageNet-style ResNet (He et al. 2016, Table 1) with torchvision's layout and names: `conv1`
+    (7x7, stride 2, 64 filters, no bias) + `bn1` + ReLU, 3x3 max-pool with stride 2, stages `layer1`..`layer4`
+    of basic blocks with 64/128/256/512 filters (stride 2 in the first block of stages 2-4), adaptive
+    average pooling to 1x1, and `fc` (Linear(512, classes)). ResNet-18 (2 blocks a stage) has 11,689,512
+    parameters for 1000 classes. Any image of at least 1x1 pixels goes through (the pooling adapts)."""
+
+    def __init__(self, input_shape: tuple[int, ...], blocks: tuple[int, ...], num_classes: int, name: str):
+        super().__init__()
+        if len(input_shape) != 3:
+            raise UserError(f"{name} takes an image input shape (C, H, W), got {tuple(input_shape)}")
+        self.conv1 = nn.Conv2d(input_shape[0], 64, kernel_size=7, stride=2, padding=3, bias=False)
+        self.bn1 = nn.BatchNorm2d(64)
+        self.maxpool = nn.MaxPool2d(kernel_size=3, stride=2, padding=1)
+        f_in = 64
+        for stage, (count, f_out) in enumerate(zip(blocks, (64, 128, 256, 512)), start=1):
+            layers = []
+            for index in range(count):
+                layers.append(BasicBlock(f_in, f_out, 2 if stage > 1 and index == 0 else 1))
+                f_in = f_out
+            setattr(self, f"layer{stage}", nn.Sequential(*layers))
+        self.avgpool = nn.AdaptiveAvgPool2d(1)
+        self.fc = nn.Linear(f_in, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.maxpool(torch.relu(self.bn1(self.conv1(x))))
+        out = self.layer4(self.layer3(self.layer2(self.layer1(out))))
+        return self.fc(torch.flatten(self.avgpool(out), 1))
+
+
+def resnet18(input_shape: tuple[int, ...], num_classes: int, widths=None) -> ImageNetResNet:
+    return ImageNetResNet(input_shape, (2, 2, 2, 2), num_classes, "resnet18")

@@ -202,3 +202,72 @@ def sweep_curves(series: dict[str, dict], x: str, metric: str, title: str, log_x
         ax.invert_xaxis()
     return _finish(fig, ax, "% weights remaining" if log_x else x, metric.replace("_", " "), title,
                    legend=7 if len(series) > 1 else None)
+
+
+# ------------------------------------------------------------------------------------ referential game
+def topographic_similarity_curves(curves: dict[str, tuple[list[int], list[float], list[float]]], title: str) -> bytes:
+    """Topographic similarity vs iterations, one curve per arm (mean over seeds, a band of one std)."""
+    fig, ax = plt.subplots(figsize=(6.4, 4.2))
+    for arm, (steps, mean, std) in curves.items():
+        line, = ax.plot(steps, mean, lw=1.5, label=arm)
+        if any(std):
+            ax.fill_between(steps, [m - s for m, s in zip(mean, std)], [m + s for m, s in zip(mean, std)],
+                            color=line.get_color(), alpha=0.2, lw=0)
+    if not curves:
+        _nothing_to_show(ax, "no finished game")
+    return _finish(fig, ax, "iterations", "topographic similarity", title, legend=8, title_size=9)
+
+
+# ------------------------------------------------------------------------------------- forget-and-relearn
+def accuracy_vs_generation(summary: list[dict], title: str, long: dict | None = None) -> bytes:
+    """Test accuracy after each generation, one curve per forgetting method (mean +- std over seeds), each
+    starting from generation 0 (`none`, shared), and the long baseline (the same total training in one go) as a
+    horizontal line. `summary` rows: method, generation, mean, std, n, diverged (`Results.summary`)."""
+    fig, ax = plt.subplots(figsize=(6.4, 4.2))
+    start = [r for r in summary if r["method"] == "none" and r.get("n")]
+    methods = [m for m in dict.fromkeys(r["method"] for r in summary) if m not in ("none", "long")]
+    for i, method in enumerate(methods):
+        rows = sorted((r for r in summary if r["method"] == method and r.get("n")), key=lambda r: r["generation"])
+        rows = start + rows
+        label = method + diverged_note(sum(r.get("diverged", 0) for r in summary if r["method"] == method))
+        ax.errorbar([r["generation"] for r in rows], [100 * r["mean"] for r in rows],
+                    yerr=[100 * r["std"] for r in rows] if any(r["std"] for r in rows) else None,
+                    color=f"C{i % 10}", marker="o", ms=3, capsize=2, label=label)
+    if not methods and start:
+        ax.plot([0], [100 * start[0]["mean"]], "ko", label="generation 0")
+    if long is not None and long.get("n") and not math.isnan(long["mean"]):
+        ax.axhline(100 * long["mean"], color="gray", ls="--", lw=1,
+                   label=f"long ({100 * long['mean']:.1f}%, same total steps)")
+    if not methods and not start:
+        _nothing_to_show(ax)
+    return _finish(fig, ax, "generation", "test accuracy (%)", title, legend=8)
+
+
+def probe_drops(rows: list[dict], title: str) -> bytes:
+    """Targeted forgetting: the accuracy drop (before - after forgetting a copy) of each group over training,
+    one panel per method, mean over seeds. `rows`: method, step, group, accuracy_before, accuracy_after."""
+    import statistics
+
+    methods = list(dict.fromkeys(r["method"] for r in rows))
+    fig, axes = plt.subplots(1, max(len(methods), 1), figsize=(3.6 * max(len(methods), 1), 3.4), squeeze=False, sharey=True)
+    if not methods:
+        _nothing_to_show(axes[0][0], "no probes recorded")
+    for ax, method in zip(axes[0], methods):
+        part = [r for r in rows if r["method"] == method]
+        for i, group in enumerate(dict.fromkeys(r["group"] for r in part)):
+            by_step: dict[int, list[float]] = {}
+            for r in part:
+                if r["group"] == group and r["accuracy_before"] is not None and r["accuracy_after"] is not None:
+                    by_step.setdefault(int(r["step"]), []).append(100 * (float(r["accuracy_before"]) - float(r["accuracy_after"])))
+            steps = sorted(by_step)
+            ax.plot(steps, [statistics.fmean(by_step[s]) for s in steps], color=f"C{i}", marker=".", ms=3, label=group)
+        ax.axhline(0, color="gray", lw=0.8)
+        ax.set_title(method, fontsize=9)
+        ax.set_xlabel("training step")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    axes[0][0].set_ylabel("accuracy drop from forgetting (points)")
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    return _png(fig)
+

@@ -96,5 +96,82 @@ def supermask_line(r: dict) -> str:
     return (f"{int(r['seed']):>4} {r['method']:>10} {100 * float(r['weights_remaining']):>6.2f}% "
             f"{100 * float(r['test_accuracy']):>8.2f}% {'-' if exp is None else f'{100 * exp:.2f}%':>18}")
 
+# ----------------------------------------------------------------------------------------- referential
+def referential(rows: list[dict]) -> list[str]:
+    """The terminal table of a referential-game run: per arm, topographic similarity and accuracy (mean ±
+    std over seeds) at the last measured iteration."""
+    rows = [r for r in rows if r.get("topographic_similarity") not in (None, "")]
+    if not rows:
+        return []
+    last = max(int(r["step"]) for r in rows)
+    lines = [f"after {last} iterations:", f"{'arm':>15} {'seeds':>5} {'topographic sim.':>17} {'accuracy':>16}"]
+    for arm in dict.fromkeys(r["arm"] for r in rows):
+        final = [r for r in rows if r["arm"] == arm and int(r["step"]) == last]
+        ts = [float(r["topographic_similarity"]) for r in final]
+        acc = [float(r["accuracy"]) for r in final]
+        lines.append(f"{arm:>15} {len(final):>5} {_mean_std(ts, 1):>17} {_mean_std(acc, 100, '%'):>16}")
+    return lines
 
-TABLES = {"lottery": lottery, "deconstruct": deconstruct, "supermask": supermask}
+
+def _mean_std(values: list[float], scale: float, unit: str = "") -> str:
+    if not values:
+        return "-"
+    m = scale * sum(values) / len(values)
+    if len(values) == 1:
+        return f"{m:.3f}{unit}" if not unit else f"{m:.2f}{unit}"
+    sd = scale * (sum((v - m / scale) ** 2 for v in values) / (len(values) - 1)) ** 0.5
+    return f"{m:.3f} ± {sd:.3f}" if not unit else f"{m:.2f} ± {sd:.2f}{unit}"
+
+
+
+# ---------------------------------------------------------------------------------------------- forget
+BASELINES = ("none", "long")
+
+
+def _forget_rows(rows: list[dict]) -> list[dict]:
+    return [{**r, "generation": int(r["generation"])} for r in rows]
+
+
+def forget_header(methods: list[str]) -> str:
+    return f"{'gen':>4}  " + "  ".join(f"{m:>15}" for m in methods)
+
+
+def forget_line(generation: int, rows: list[dict], methods: list[str]) -> str:
+    """Test accuracy (mean ± std over seeds) of each method after `generation`; generation 0, the plain training
+    every chain starts from (`none`), fills every column."""
+    by = {r["method"]: r for r in Results(_forget_rows(rows)).summary(("method",))}
+    cells = []
+    for m in methods:
+        s = by.get("none" if generation == 0 else m)
+        cells.append(percent_cell(s) if s else f"{'-':>15}")
+    return f"{generation:>4}  " + "  ".join(cells)
+
+
+def forget(rows: list[dict]) -> list[str]:
+    """The terminal table of a forget run: test accuracy per generation and method, then each arm after its
+    last generation (baselines: `none`, generation 0 alone; `long`, the same total steps in one training) with
+    its train accuracy (with label noise also on the clean and on the mislabeled examples, against the labels
+    trained on: the latter is memorisation)."""
+    if rows and "topographic_similarity" in rows[0]:   # `--task referential-game`
+        return referential(rows)
+    rows = _forget_rows(rows)
+    methods = [m for m in dict.fromkeys(r["method"] for r in rows) if m not in BASELINES]
+    lines = []
+    if methods:
+        lines.append(forget_header(methods))
+        for g in sorted({r["generation"] for r in rows if r["method"] != "long"}):
+            lines.append(forget_line(g, [r for r in rows if r["generation"] == g and r["method"] != "long"], methods))
+        lines.append("")
+    noisy = any(_number(r.get("train_accuracy_mislabeled")) is not None for r in rows)
+    values = ("test_accuracy", "train_accuracy") + (("train_accuracy_clean", "train_accuracy_mislabeled") if noisy else ())
+    lines.append(f"{'arm':>8} {'gen':>4}  " + "  ".join(f"{v.replace('_accuracy', ' acc').replace('_', ' '):>15}" for v in values))
+    for arm in methods + [b for b in BASELINES if any(r["method"] == b for r in rows)]:
+        part = [r for r in rows if r["method"] == arm]
+        last = max(r["generation"] for r in part)
+        final = Results([r for r in part if r["generation"] == last])
+        cells = [percent_cell(final.summary(("method",), v)[0]) for v in values]
+        lines.append(f"{arm:>8} {last if arm != 'long' else 'all':>4}  " + "  ".join(cells))
+    return lines
+
+
+TABLES = {"lottery": lottery, "deconstruct": deconstruct, "supermask": supermask, "referential": referential, "forget": forget}

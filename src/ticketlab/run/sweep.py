@@ -31,7 +31,7 @@ from .. import spec as specs
 from ..errors import UserError
 
 MAX_FILE_BYTES = specs.MAX_FILE_BYTES
-SECTIONS = ("experiment", "base", "grid", "zip")
+SECTIONS = ("experiment", "preset", "base", "grid", "zip")
 
 
 @dataclass
@@ -53,13 +53,16 @@ def read_file(path: str | Path) -> dict:
     return specs.read_toml(path, "sweep file", "a TOML file; see examples/")
 
 
-def load(path: str | Path, spec_classes: dict[str, type], overrides: dict[str, str] | None = None) -> Sweep:
-    """Parse and check a sweep file; `overrides` are command-line flags (setting name -> text)."""
+def load(path: str | Path, spec_classes: dict[str, type], overrides: dict[str, str] | None = None,
+         preset: str | None = None) -> Sweep:
+    """Parse and check a sweep file; `overrides` are command-line flags (setting name -> text). A
+    `preset = "NAME"` at the top of the file or in [base] (`preset`: a --preset flag, which replaces it)
+    applies under [base]."""
     path = Path(path)
     doc = read_file(path)
     unknown = sorted(set(doc) - set(SECTIONS))
     if unknown:
-        raise UserError(f"{path}: unknown key(s) {', '.join(unknown)}; a sweep file has: experiment, [base], [grid], [zip]")
+        raise UserError(f"{path}: unknown key(s) {', '.join(unknown)}; a sweep file has: experiment, preset, [base], [grid], [zip]")
     name = doc.get("experiment")
     if not isinstance(name, str) or name not in spec_classes:
         raise UserError(f"{path}: experiment = {name!r} is not an experiment; valid: {', '.join(sorted(spec_classes))}")
@@ -84,7 +87,11 @@ def load(path: str | Path, spec_classes: dict[str, type], overrides: dict[str, s
     clash = sorted(set(overrides) & set(axes))
     if clash:
         raise UserError(f"{path}: {', '.join(clash)} is an axis of this sweep; give it in the file or on the command line, not both")
-    base_spec = specs.from_mapping(cls, base, f"{path} [base]", strict=True)
+    if "preset" in doc:
+        if "preset" in base:
+            raise UserError(f"{path}: preset is given twice, at the top and under [base]; give it once")
+        base = {"preset": doc["preset"], **base}
+    base_spec = specs.from_mapping(cls, base, f"{path} [base]", strict=True, preset=preset)
     if overrides:
         parsed = {n: table[n].parse(text, table[n].flag) for n, text in overrides.items()}
         base_spec = specs.replace(base_spec, **parsed)

@@ -106,6 +106,7 @@ class StackedStepper(Stepper):
         base = self.base = self.models[0]
         self.device = next(base.parameters()).device
         self.data, self.eval_batch_size = data, train.eval_batch_size
+        self.label_smoothing = float(getattr(train, "label_smoothing", 0.0))
         self.names = [n for n, _ in base.named_parameters()]
         self.buffer_names = [n for n, _ in base.named_buffers()]
         self.orders = [BatchOrder(data, train.batch_size, s, augment=True) for s in seeds]
@@ -151,10 +152,10 @@ class StackedStepper(Stepper):
             self.forward_shared = vmap(call, in_dims=(0, 0, None), randomness="different")
 
     @staticmethod
-    def per_model_loss(out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        """[K] mean losses, each computed exactly as a lone model's (the same kernel on its own rows), so
-        the gradients and the running train loss equal a lone model's bit for bit."""
-        return torch.stack([F.cross_entropy(o, t) for o, t in zip(out.unbind(0), y.unbind(0))])
+    def per_model_loss(out: torch.Tensor, y: torch.Tensor, label_smoothing: float = 0.0) -> torch.Tensor:
+        """[K] mean losses, each computed exactly as a lone model's (the same kernel on its own rows, with the
+        same label smoothing), so the gradients and the running train loss equal a lone model's bit for bit."""
+        return torch.stack([F.cross_entropy(o, t, label_smoothing=label_smoothing) for o, t in zip(out.unbind(0), y.unbind(0))])
 
     def stacked_params(self) -> dict[str, torch.Tensor]:
         return self.stacked
@@ -182,7 +183,7 @@ class StackedStepper(Stepper):
         x, y = self.batches(step)
         stacked = self.stacked
         out = self.forward(stacked, self.buffers, x)
-        losses = self.per_model_loss(out, y)  # [K]
+        losses = self.per_model_loss(out, y, self.label_smoothing)  # [K]
         for p in stacked.values():
             p.grad = None
         losses.sum().backward()

@@ -62,7 +62,8 @@ class Stepper:
 
 
 class ModelStepper(Stepper):
-    """One network on its own seed's batches, cross-entropy loss; `params` (default: all of the model's
+    """One network on its own seed's batches, cross-entropy loss (with `train.label_smoothing`; evaluation
+    reports plain cross-entropy); `params` (default: all of the model's
     parameters) are what the optimizer trains."""
 
     def __init__(self, model: nn.Module, data: Dataset, train, *, seed: int, params=None,
@@ -70,6 +71,7 @@ class ModelStepper(Stepper):
         self.model, self.models = model, [model]
         self.device = device if device is not None else next(model.parameters()).device
         self.data, self.eval_batch_size = data, train.eval_batch_size
+        self.label_smoothing = float(getattr(train, "label_smoothing", 0.0))
         self.order = BatchOrder(data, train.batch_size, seed, augment=True)
         self.iterations_per_epoch = self.order.iterations_per_epoch
         trained = list(model.parameters() if params is None else params)
@@ -81,7 +83,7 @@ class ModelStepper(Stepper):
 
     def loss(self, step: int) -> torch.Tensor:
         x, y = self.order.batch(step)
-        return F.cross_entropy(self.model(x), y)
+        return F.cross_entropy(self.model(x), y, label_smoothing=self.label_smoothing)
 
     def forward_backward(self, step: int) -> torch.Tensor:
         loss = self.loss(step)
@@ -127,7 +129,7 @@ class SupermaskStepper(ModelStepper):
     def loss(self, step: int) -> torch.Tensor:
         x, y = self.order.batch(step)
         self.model.generator = self.generator(step)
-        return F.cross_entropy(self.model(x), y)
+        return F.cross_entropy(self.model(x), y, label_smoothing=self.label_smoothing)
 
     def evaluate(self, step: int, lr: float) -> list[dict]:
         return [self._evaluate(step)]
