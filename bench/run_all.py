@@ -1,6 +1,6 @@
 """Run every benchmark once and print their figures (record the median and range of several runs in
 BENCHMARKS.md). `python bench/run_all.py [NAME ...]` runs only the named ones (many, instruments, sweep,
-cli, train_step, epoch, demo, lca)."""
+cli, train_step, epoch, demo, lca, store, show, export)."""
 
 import json
 import sys
@@ -12,9 +12,12 @@ import cli  # noqa: E402
 from common import OtherLoad  # noqa: E402
 import demo  # noqa: E402
 import epoch  # noqa: E402
+import export  # noqa: E402
 import instruments  # noqa: E402
 import lca  # noqa: E402
 import many  # noqa: E402
+import show  # noqa: E402
+import store  # noqa: E402
 import sweep  # noqa: E402
 import train_step  # noqa: E402
 
@@ -27,6 +30,9 @@ BENCHMARKS = {
     "epoch": epoch.main,
     "demo": lambda: [demo.main(["--workers", "1", "--max-batch", "1"]), demo.main()],
     "lca": lambda: [lca.main([]), lca.main(["--threads", "2"])],
+    "store": lambda: store.main([]),
+    "show": lambda: show.main([]),
+    "export": lambda: export.main([]),
 }
 
 if __name__ == "__main__":
