@@ -295,23 +295,31 @@ def report_action(args: argparse.Namespace) -> int:
 
 
 # ----------------------------------------------------------------------------------------------- export
-EXPORT_HELP = "write one ticket of a lottery or early-bird run as a compact file (safetensors, CSR weights) or as ONNX"
+EXPORT_HELP = ("write one ticket of a lottery or early-bird run, or a forget run's ke fit hypothesis (slim network), "
+               "as a compact file (safetensors, CSR weights) or as ONNX")
 EXPORT_DESCRIPTION = (EXPORT_HELP + ". safetensors: per pruned layer only the kept weights and their indices (CSR), the "
                       "other tensors as they are, and metadata (model and its arguments, the data set's normalisation, "
                       "run hash, seed, level, arm, density); read it with ticketlab.load_ticket(FILE). An early-bird "
-                      "ticket of a network with BatchNorm is the smaller dense network. onnx: the dense (or smaller) "
+                      "ticket of a network with BatchNorm is the smaller dense network, and so is the kels fit hypothesis of a "
+                      "forget run's ke generation (--method ke --generation G: the kept units alone, i.e. the full "
+                      "network with its non-kept weights zeroed, not the full network). onnx: the dense (or smaller) "
                       "network, checked with onnxruntime on the run's test set (pip install 'ticketlab[export]').")
 
 
 def export_arguments(parser: Parser) -> None:
-    parser.add_argument("run_dir", metavar="RUN", help="a lottery or earlybird run folder")
+    parser.add_argument("run_dir", metavar="RUN", help="a lottery, earlybird or forget run folder")
     parser.add_argument("--seed", type=int, required=True, help="the seed of the ticket")
     parser.add_argument("--level", type=int, help="lottery runs: the pruning level (0 = the dense network)")
     parser.add_argument("--arm", default="ticket", help="lottery runs: ticket (default) or a control (random_reinit, ...)")
     parser.add_argument("--ratio", type=float, metavar="P", help="early-bird runs: the prune ratio of the ticket")
+    parser.add_argument("--method", metavar="M", help="forget runs: ke (default; the only method whose kept part, "
+                        "--split-mode kels, is a slim network)")
+    parser.add_argument("--generation", type=int, metavar="G", help="forget runs: the generation whose final weights give "
+                        "the fit hypothesis (0 = the plain training)")
     parser.add_argument("--format", choices=("safetensors", "onnx"), default="safetensors",
                         help="safetensors (compact, CSR weights; default) or onnx (dense weights)")
-    parser.add_argument("--out", metavar="FILE", help="the file to write (default: <run folder>-seed-S-level-LL-<arm>.<format> here)")
+    parser.add_argument("--out", metavar="FILE", help="the file to write (default: <run folder>-seed-S-level-LL-<arm>.<format> here; "
+                        "forget: ...-seed-S-ke-gen-GG.<format>)")
     parser.add_argument("--data-dir", metavar="DIR", help="the data folder, if not the run's --data-dir (the test set checks the file)")
     parser.add_argument("--check-samples", type=int, default=0, metavar="N",
                         help="check the file on the first N test samples only (default 0: the whole test set)")
@@ -320,12 +328,19 @@ def export_arguments(parser: Parser) -> None:
 def export_action(args: argparse.Namespace) -> int:
     if args.level is not None and args.level < 0:
         raise UserError(f"--level {args.level}: levels are 0 or more")
+    if args.generation is not None and args.generation < 0:
+        raise UserError(f"--generation {args.generation}: generations are 0 or more")
     if args.check_samples < 0:
         raise UserError(f"--check-samples {args.check_samples}: must be 0 (all) or more")
     from .export import ONNX_TOLERANCE, export
 
     r = export(args.run_dir, seed=args.seed, level=args.level, arm=args.arm, ratio=args.ratio, fmt=args.format,
-               out=args.out, data_dir=args.data_dir, check_samples=args.check_samples)
+               out=args.out, data_dir=args.data_dir, check_samples=args.check_samples, method=args.method,
+               generation=args.generation)
+    if "widths" in r:
+        slim = "; ".join(f"{k} {','.join(str(v) for v in vs)}" for k, vs in r["widths"].items())
+        print(f"kels fit hypothesis: a slim {r['model']} ({slim}); it equals the full network with its non-kept weights "
+              f"zeroed within {r['max_difference_fit']:.3g} on {r['samples']} test inputs (not the full network itself)")
     print(f"exported {r['what']} of {args.run_dir} ({r['model']} on {r['dataset']}, {100 * r['density']:.3g}% weights "
           f"remaining) to {r['file']}: {r['bytes'] / 1e3:.1f} kB (the unpruned network in float32: {r['dense_bytes'] / 1e3:.1f} kB)")
     if r["format"] == "onnx":

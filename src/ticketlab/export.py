@@ -23,7 +23,14 @@ as the run's data set normalises them, `ticket.normalize(raw)` applies that norm
 (`ticket.predict(raw)` does both), `ticket.info` is the metadata.
 
 A channel-pruned network (an early-bird ticket of a network with BatchNorm) is stored dense: it is already a
-smaller dense network (`instruments/channel_prune.py`). `--format onnx` writes the dense (or channel-pruned)
+smaller dense network (`instruments/channel_prune.py`). So is the kels fit hypothesis of a forget run's ke
+generation (`--method ke --generation G`, `kels_network`): the first ceil(r out) units of every layer (all
+outputs of the output layer) over the kept inputs, the dropped units removed; `model` records its narrower
+`widths` (MLPs; LeNet-300-100 becomes an `mlp`), `channels` (the MNIST-1D CNNs), `filters` and `hidden`
+(conv2/4/6) or `plan` (VGG), and the metadata `method`, `generation`, `split_rate`, `full_model`,
+`fit_test_accuracy` (the slim network's; `test_accuracy` is the full network's). It computes the fit hypothesis
+alone: the full network's output with its non-kept weights and biases zeroed (checked on the test set), not
+the full network's output, to which the dropped units contribute. `--format onnx` writes the dense (or channel-pruned)
 network as ONNX (the same metadata under the model's `ticketlab` metadata property) and checks it with
 onnxruntime against PyTorch on the run's test set.
 """
@@ -47,7 +54,7 @@ FORMAT = "ticketlab-ticket"
 VERSION = 1
 ONNX_TOLERANCE = 1e-5
 INSTALL = "pip install 'ticketlab[export]'"
-EXPERIMENTS = ("lottery", "earlybird")
+EXPERIMENTS = ("lottery", "earlybird", "forget")
 
 
 # ------------------------------------------------------------------------------------------ normalisation
@@ -183,7 +190,8 @@ class Ticket(nn.Module):
 # ------------------------------------------------------------------------------------------- the network
 def build_network(model: dict, meta_device: bool = False) -> nn.Module:
     """The (uninitialised) network the metadata's `model` entry describes: the registry's model, or a
-    channel-pruned copy of `mnist1d_cnn_bn` / a VGG with the recorded channels."""
+    channel-pruned copy of `mnist1d_cnn_bn` / a VGG with the recorded channels, or a narrower `mnist1d_cnn` /
+    conv2/4/6 (a kels fit hypothesis)."""
     name = model["name"]
     shape = tuple(int(d) for d in model["input_shape"])
     classes = int(model["num_classes"])
@@ -192,10 +200,26 @@ def build_network(model: dict, meta_device: bool = False) -> nn.Module:
     if "channels" in model:
         from .models.conv_bn import MNIST1DCNNBN
 
+        channels = tuple(int(c) for c in model["channels"])
+        if name == "mnist1d_cnn":   # a kels fit hypothesis: one width for all three convolutions
+            from .models.conv import MNIST1DCNN
+
+            if len(channels) != 3 or len(set(channels)) != 1:
+                raise ValueError(f"mnist1d_cnn takes one channel count for its three convolutions, got {list(channels)}")
+            with device:
+                return MNIST1DCNN(shape, classes, channels[0])
         if name != "mnist1d_cnn_bn":
-            raise ValueError(f"channels are recorded for mnist1d_cnn_bn only, not {name!r}")
+            raise ValueError(f"channels are recorded for mnist1d_cnn and mnist1d_cnn_bn only, not {name!r}")
         with device:
-            return MNIST1DCNNBN(math.prod(shape), classes, tuple(int(c) for c in model["channels"]))
+            return MNIST1DCNNBN(math.prod(shape), classes, channels)
+    if "filters" in model:   # a kels fit hypothesis of conv2/4/6: fewer filters and hidden units
+        from .models.conv import CONV_PLANS, ConvNet
+
+        filters = tuple(int(c) for c in model["filters"])
+        if name not in CONV_PLANS or len(filters) != len(CONV_PLANS[name]):
+            raise ValueError(f"filters {list(filters)} recorded for {name!r}, which is no conv2/4/6 of that depth")
+        with device:
+            return ConvNet(shape, filters, classes, hidden=tuple(int(h) for h in model.get("hidden") or (256, 256)))
     if "plan" in model:
         from .models.vgg import PLANS, VGG
 
@@ -374,15 +398,32 @@ def _units(parent: Path, prefix: str) -> list[str]:
     return sorted(p.name for p in parent.glob(f"{prefix}*") if p.is_dir()) if parent.is_dir() else []
 
 
-def locate(run_dir: Path, experiment: str, seed: int, level: int | None, arm: str, ratio: float | None):
+def locate(run_dir: Path, experiment: str, seed: int, level: int | None, arm: str, ratio: float | None,
+           method: str | None = None, generation: int | None = None):
     """The unit of the requested ticket (UserError naming what exists when it does not)."""
     from .store import Unit
 
+    if experiment != "forget" and (method is not None or generation is not None):
+        raise UserError(f"--method and --generation select a forget run's fit hypothesis; {run_dir} is a {experiment} run")
     seeds = _units(run_dir, "seed-")
     seed_dir = run_dir / f"seed-{seed}"
     if not seed_dir.is_dir():
         raise UserError(f"{run_dir}: no seed {seed}; seeds there: {', '.join(s[5:] for s in seeds) or 'none'}")
-    if experiment == "lottery":
+    if experiment == "forget":
+        if level is not None or arm != "ticket" or ratio is not None:
+            raise UserError("a forget run's fit hypothesis is chosen by --method ke and --generation G, not --level, --arm or --ratio")
+        method = method or "ke"
+        if method != "ke":
+            raise UserError(f"--method {method}: only ke (knowledge evolution, --split-mode kels) keeps whole units, "
+                            f"so only its fit hypothesis is a slim network; valid: ke")
+        gens = [int(s[4:]) for s in _units(seed_dir / "ke", "gen-")]
+        listed = ", ".join(str(g) for g in [0, *gens]) if gens else "none (no ke generation was trained)"
+        if generation is None or (generation != 0 and generation not in gens) or not gens:
+            given = "give --generation G" if generation is None else f"seed {seed} has no ke generation {generation}"
+            raise UserError(f"{run_dir}: {given}; ke generations there: {listed}")
+        unit_dir = seed_dir / "gen-00" if generation == 0 else seed_dir / "ke" / f"gen-{generation:02d}"
+        what = f"seed {seed} ke generation {generation}"
+    elif experiment == "lottery":
         if ratio is not None:
             raise UserError("--ratio selects an early-bird ticket; a lottery run takes --level (and --arm)")
         if level is None:
@@ -452,6 +493,89 @@ def _reference(experiment: str, model_spec: dict, unit, input_shape, num_classes
     return dense.eval(), entry, mask, extra
 
 
+# ---------------------------------------------------------------- forget: knowledge evolution's kels fit hypothesis
+KELS_MODELS = ("mlp", "mnist1d_mlp", "lenet_300_100", "mnist1d_cnn", "mnist1d_cnn_bn", "conv2", "conv4", "conv6",
+               "vgg11_bn", "vgg13_bn", "vgg16_bn", "vgg19_bn")
+
+
+def kels_network(entry: dict, state: dict[str, torch.Tensor], split_rate: float) -> tuple[nn.Module, dict, nn.Module, dict]:
+    """The kels fit hypothesis (`sparse/forget.py`, split rate r) of the network `entry` (a metadata `model` entry)
+    with weights `state`, as a slim dense network: (the slim network, its `model` entry, the full network with
+    every weight and bias outside the fit hypothesis zeroed, the kels keep masks), both networks in eval mode.
+
+    Every Linear / Conv layer keeps its first ceil(r out) units (the output layer all of them) and the first
+    ceil(r in) inputs (the first layer all of them); the slim network is the leading corner of every tensor:
+    the kept units, the kept units' BatchNorm entries and, in each layer, the inputs that the kept units of the
+    layer before produce (a flattened feature map is channel-major, so those are a leading range too). A kept
+    block is always inside that corner; where it is narrower (a flatten of H x W positions keeps
+    ceil(r C H W) <= ceil(r C) H W features) the weights outside it are stored as zeros. The dropped units are
+    gone, so the slim network computes the fit hypothesis alone: exactly the full network with its non-kept
+    weights and biases zeroed (the dropped channels' BatchNorm then feeds only zeroed weights), not the full
+    network itself."""
+    from .sparse.forget import Forgetting, keep_masks
+
+    name = entry["name"]
+    if name not in KELS_MODELS:
+        raise UserError(f"export: no slim network of a kels fit hypothesis of {name} (its shortcuts would need a "
+                        f"network of per-stage widths); supported: {', '.join(KELS_MODELS)}")
+    full = build_network(entry)
+    full.load_state_dict(state)
+    masks, _ = keep_masks(full, Forgetting("ke", split_rate=split_rate, split_mode="kels"), seed=0, generation=0)
+    kept = {w.removesuffix(".weight"): int(m.reshape(m.shape[0], -1).any(1).sum()) for w, m in masks.items()
+            if w.endswith(".weight")}
+    slim_entry = dict(entry)
+    if name in ("mlp", "mnist1d_mlp", "lenet_300_100"):
+        slim_entry.update(name="mnist1d_mlp" if name == "mnist1d_mlp" else "mlp",   # lenet's widths are fixed: an mlp
+                          widths=[kept[f"hidden.{i}"] for i in range(len(full.hidden))])
+    elif name in ("mnist1d_cnn", "mnist1d_cnn_bn"):
+        slim_entry["channels"] = [kept[f"conv{i}"] for i in (1, 2, 3)]
+    elif name in ("conv2", "conv4", "conv6"):
+        slim_entry.update(filters=[kept[f"convs.{i}"] for i in range(len(full.convs))],
+                          hidden=[kept[f"hidden.{i}"] for i in range(len(full.hidden))])
+    else:
+        slim_entry["plan"] = ["M" if isinstance(m, nn.MaxPool2d) else kept[f"layers.{n}.conv"]
+                              for n, m in full.layers.named_children()]
+    zeroed = {k: (v * masks[k].to(v.dtype) if k in masks else v) for k, v in full.state_dict().items()}
+    full.load_state_dict(zeroed)
+    slim = build_network(slim_entry)
+    slim_state = {}
+    for k, t in slim.state_dict().items():
+        corner = tuple(slice(0, d) for d in t.shape)
+        if k in masks and int(masks[k][corner].sum()) != int(masks[k].sum()):   # cannot happen for the models above
+            raise RuntimeError(f"export: the kels fit hypothesis of {k} is not inside the slim network's {list(t.shape)}")
+        slim_state[k] = zeroed[k][corner].clone()
+    slim.load_state_dict(slim_state)
+    return slim.eval(), slim_entry, full.eval(), masks
+
+
+def _forget_reference(record: dict, unit, generation: int, input_shape, num_classes):
+    """(slim network, its entry, extra metadata, the full network with its non-kept weights zeroed, the full
+    network's entry) of a forget run's ke unit."""
+    spec = record.get("spec", {})
+    operation, model_spec = spec.get("operation", {}), spec["model"]
+    if spec.get("forget", {}).get("task", "classify") != "classify":
+        raise UserError(f"export: a forget run of --task {spec['forget']['task']} has no classifier to export")
+    if operation.get("split_mode", "kels") != "kels":
+        raise UserError(f"export: this forget run's ke uses --split-mode {operation.get('split_mode')}: a Bernoulli "
+                        f"weight mask keeps no whole units, so it has no slim network; only kels does")
+    rate = float(operation.get("split_rate", 0.8))
+    entry = {"name": model_spec["model"], "input_shape": list(input_shape), "num_classes": num_classes,
+             "widths": list(model_spec["widths"]) if model_spec.get("widths") else None,
+             "init": model_spec.get("init", "kaiming_normal")}
+    slim, slim_entry, zeroed, masks = kels_network(entry, unit.read("final.safetensors"), rate)
+    if generation > 0:   # the masks the run applied (the same every generation) must be these
+        stored = unit.read("keep.safetensors")
+        if any(not torch.equal(stored[k].to(torch.bool), m) for k, m in masks.items() if k in stored):
+            raise CorruptFile(f"{unit.path}: its keep masks are not the kels fit hypothesis of split rate {rate:g}")
+    weights = [n for n in models.prunable_names(zeroed)]
+    total = sum(masks[n].numel() for n in weights)
+    extra = {"test_accuracy": unit.read("result.json").get("test_accuracy"),   # of the full network
+             "method": "ke", "generation": generation, "split_mode": "kels", "split_rate": rate,
+             "fit_hypothesis": True, "full_model": entry,
+             "density": sum(int(masks[n].sum()) for n in weights) / total if total else 1.0}
+    return slim, slim_entry, extra, zeroed, entry
+
+
 def _outputs(net: nn.Module, x: torch.Tensor, batch: int = 1000) -> torch.Tensor:
     with torch.no_grad():
         return torch.cat([net(x[i:i + batch]) for i in range(0, len(x), batch)]) if len(x) else torch.zeros(0)
@@ -519,9 +643,10 @@ def onnx_check(data: bytes, net: nn.Module, x: torch.Tensor, batch: int = 1000) 
 
 def export(run_dir: str | Path, *, seed: int, level: int | None = None, arm: str = "ticket", ratio: float | None = None,
            fmt: str = "safetensors", out: str | Path | None = None, data_dir: str | None = None,
-           check_samples: int = 0) -> dict:
-    """Export one ticket of a lottery or early-bird run folder; returns what the command prints (the file,
-    its size, the dense size, the checks' max differences)."""
+           check_samples: int = 0, method: str | None = None, generation: int | None = None) -> dict:
+    """Export one ticket of a lottery or early-bird run folder, or the kels fit hypothesis of a forget run's ke
+    generation as a slim network (`kels_network`); returns what the command prints (the file, its size, the
+    dense size, the checks' max differences)."""
     from . import data as datasets
     from . import store
 
@@ -541,21 +666,29 @@ def export(run_dir: str | Path, *, seed: int, level: int | None = None, arm: str
             import onnxscript  # noqa: F401
         except ImportError as e:
             raise UserError(f"--format onnx needs onnx, onnxscript and onnxruntime ({e.name} is missing): {INSTALL}") from None
-    unit, what = locate(run_dir, experiment, seed, level, arm, ratio)
+    unit, what = locate(run_dir, experiment, seed, level, arm, ratio, method, generation)
     spec = record.get("spec", {})
     data_spec = dict(spec.get("data", {}))
     if data_dir is not None:
         data_spec["data_dir"] = data_dir
     options = {k: data_spec[k] for k in ("data_seed", "mnist1d_seed", "image_size") if k in data_spec}
     ds = datasets.load(data_spec["dataset"], data_spec.get("data_dir", "data"), **options)
-    net, entry, mask, extra = _reference(experiment, spec["model"], unit, ds.input_shape, ds.num_classes)
+    zeroed = None
+    if experiment == "forget":
+        net, entry, extra, zeroed, full_entry = _forget_reference(record, unit, generation, ds.input_shape, ds.num_classes)
+        mask, selection, tail = None, {}, f"ke-gen-{generation:02d}"
+    else:
+        net, entry, mask, extra = _reference(experiment, spec["model"], unit, ds.input_shape, ds.num_classes)
+        full_entry = {k: v for k, v in entry.items() if k not in ("channels", "plan")}
+        selection = {"arm": arm, **({"level": level} if experiment == "lottery" else {"prune_ratio": ratio})}
+        tail = f"level-{level:02d}-{arm}" if experiment == "lottery" else f"p-{ratio:g}"
     info = {"model": entry, "normalization": normalization(data_spec),
             "run": {"folder": run_dir.resolve().name, "experiment": experiment, "hash": record.get("hash"),
                     "settings": record.get("non_default", {})},
-            "seed": seed, "arm": arm, **({"level": level} if experiment == "lottery" else {"prune_ratio": ratio}),
+            "seed": seed, **selection,
             "parameters": sum(p.numel() for p in net.parameters()) - sum(int((~m).sum()) for m in (mask or {}).values()),
             "ticketlab_version": __version__, **extra}
-    name = f"{run_dir.resolve().name}-seed-{seed}-" + (f"level-{level:02d}-{arm}" if experiment == "lottery" else f"p-{ratio:g}")
+    name = f"{run_dir.resolve().name}-seed-{seed}-{tail}"
     out = Path(out) if out is not None else Path(f"{name}.{'onnx' if fmt == 'onnx' else 'safetensors'}")
     if out.is_dir():
         raise UserError(f"--out {out} is a folder; give a file name (e.g. {out / (name + '.' + fmt)})")
@@ -564,10 +697,20 @@ def export(run_dir: str | Path, *, seed: int, level: int | None = None, arm: str
         test_x = test_x[:check_samples]
     reference = _outputs(net, test_x)
     state = {k: v.detach().cpu() for k, v in net.state_dict().items()}
-    unpruned = build_network({k: v for k, v in entry.items() if k not in ("channels", "plan")}, meta_device=True)
+    unpruned = build_network(full_entry, meta_device=True)
     dense_bytes = sum(v.numel() * v.element_size() for v in unpruned.state_dict().values())   # of the unpruned network
     report = {"file": str(out), "what": what, "experiment": experiment, "model": entry["name"], "dataset": data_spec["dataset"],
               "density": info["density"], "dense_bytes": dense_bytes, "samples": len(test_x), "format": fmt}
+    if zeroed is not None:   # the slim network is the full one with its non-kept weights zeroed, up to float rounding
+        full = _outputs(zeroed, test_x)
+        report["max_difference_fit"] = fit = _max_difference(reference, full)
+        if not fit <= 1e-4 * max(1.0, float(full.abs().max()) if full.numel() else 1.0):
+            raise RuntimeError(f"export of {what}: the slim network differs from the full network with its non-kept "
+                               f"weights zeroed by {fit:.3g}; nothing was written")
+        report["widths"] = {k: entry[k] for k in ("widths", "channels", "filters", "hidden", "plan") if entry.get(k)}
+        if not check_samples:   # the slim network's own accuracy (the run's test_accuracy is the full network's)
+            info["fit_test_accuracy"] = float((reference.argmax(1) == ds.test_y.to(reference.device)).float().mean()) \
+                if len(test_x) else None
     if fmt == "safetensors":
         report["bytes"] = write_ticket(out, state, mask, info)
         report["max_difference"] = _max_difference(_outputs(load_ticket(out), test_x), reference)

@@ -153,6 +153,10 @@ class Text(Kind):
         return value
 
 
+class Folder(Text):
+    metavar = "DIR"
+
+
 class Choice(Kind):
     """One name out of a registry; `names` is a callable so registries can be filled lazily."""
 
@@ -497,7 +501,7 @@ def add_arguments(parser: argparse.ArgumentParser, spec_cls) -> None:
             if isinstance(default, list):
                 default = ",".join(map(str, default)) or "none"
             group.add_argument(s.flag, dest=s.name, metavar=s.kind.metavar, default=argparse.SUPPRESS,
-                               help=f"{s.help} (default: {default if default is not None else 'none'})")
+                               help=f"{s.help} (default: {default if default not in (None, '') else 'none'})")
 
 
 def from_arguments(spec_cls, namespace: argparse.Namespace, config: str | None = None):
@@ -535,6 +539,9 @@ def _criteria():
 OPTIMIZERS = ("sgd", "adam")
 SCHEDULES = ("constant", "milestones", "cosine")
 EXECUTORS = ("local", "ray")
+TENSORBOARD_HELP = ("also write TensorBoard event files under DIR: every unit's training curves and the per-level "
+                    "accuracy and weights remaining of each arm (pip install 'ticketlab[tensorboard]'; empty: none). "
+                    "An output option: the run folder does not depend on it")
 
 
 @dataclass(frozen=True)
@@ -598,6 +605,7 @@ class TrainSpec:
                             "--out must be a folder every node sees)", Choice("executor", lambda: EXECUTORS), hashed=False)
     ray_address: str = setting("", "address of a running Ray cluster for --executor ray (empty: start a local Ray instance)",
                                Text(), hashed=False)
+    tensorboard: str = setting("", TENSORBOARD_HELP, Folder(), hashed=False)
 
     def check(self) -> None:
         """What is wrong whatever the data: checked with every spec (`build`), before torch is imported."""

@@ -18,6 +18,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from ..errors import UserError, os_fault
+from ..report import tensorboard
 from ..report.progress import Bars
 from ..results import Results
 from ..store import Run
@@ -36,6 +37,7 @@ def run(cls, spec, *, out: str = "runs", force: bool = False, progress: bool | N
     """Run (or resume) one experiment; returns its tidy results. `wait`: if another command is writing
     its run folder, wait for it to end (else refuse at once)."""
     check_out(out)   # before the data is loaded
+    require_extras(spec)
     return run_many([cls.build(spec)], out=out, force=force, progress=progress, wait=wait)[0]
 
 
@@ -56,6 +58,13 @@ def check_out(out: str | os.PathLike) -> None:
         readonly = hasattr(os, "statvfs") and os.statvfs(existing).f_flag & getattr(os, "ST_RDONLY", 1)
         errno_ = _errno.EROFS if readonly else _errno.EACCES
         raise os_fault(OSError(errno_, os.strerror(errno_), str(existing)))
+
+
+def require_extras(spec) -> None:
+    """Refuse (UserError, exit 2) an option whose optional package is missing, before anything runs."""
+    if spec.train.tensorboard:
+        from ..report.tensorboard import require
+        require()
 
 
 def flatten(experiments: list[Experiment]) -> list[Experiment]:
@@ -111,6 +120,7 @@ def run_many(experiments: list[Experiment], *, out: str = "runs", force: bool = 
     out = str(Path(out).resolve())   # every worker (and Ray node) sees the same absolute path
     if experiments[0].spec.train.executor == "ray":
         require_ray()   # before the first folder is written
+    require_extras(experiments[0].spec)
     flat = flatten(experiments)
     with FolderLocks([Run.folder(out, exp.spec) for exp in flat], wait=wait, announce=_announce) as locks:
         try:
@@ -140,6 +150,7 @@ def _run_open(experiments: list[Experiment], by_path: dict[str, Experiment], pro
                                 input_numel=math.prod(setup.data.input_shape), workers=t.workers, max_batch=limit,
                                 worker_start=FORKED_WORKER_START_SECONDS if forked else WORKER_START_SECONDS)
     results: dict[str, dict] = {path: {} for path in by_path}
+    board = tensorboard.Board(t.tensorboard) if t.tensorboard else None   # the only writer of its files
     executor = _executor(t, parallel, by_path)   # before the progress bars' thread: local workers may fork
     try:
         with Bars(progress) as bars:
@@ -149,22 +160,24 @@ def _run_open(experiments: list[Experiment], by_path: dict[str, Experiment], pro
             for exp in by_path.values():
                 for line in exp.header_lines():
                     bars.print(line)
-            early = _drive(graph, executor, parallel, by_path, results, bars, total)
+            early = _drive(graph, executor, parallel, by_path, results, bars, total, board)
     finally:
         executor.close()
     reports = {path: future.result() for path, future in early.items()}
     for path, exp in by_path.items():
         if path not in reports:
-            reports[path] = report(exp, results[path])
+            reports[path] = report(exp, results[path], board)
     diverged = divergence_line(by_path, results)
     if diverged:   # still exit 0: the other units' results stand
         print(diverged, file=sys.stderr, flush=True)
     return [Results(reports[path_of(exp)].rows) for exp in experiments]
 
 
-def report(exp: Experiment, results: dict) -> Report:
+def report(exp: Experiment, results: dict, board=None) -> Report:
     rep = exp.report(results)
     write_report(exp.run, rep)
+    if board is not None:
+        board.levels(exp, rep.rows)
     return rep
 
 
@@ -176,12 +189,12 @@ def _executor(t, parallel, by_path):
     return LocalProcesses({p: e.ref for p, e in by_path.items()}, parallel.workers, by_path)
 
 
-def _drive(graph: Graph, executor, parallel, by_path: dict, results: dict, bars: Bars, total: int) -> dict:
+def _drive(graph: Graph, executor, parallel, by_path: dict, results: dict, bars: Bars, total: int, board=None) -> dict:
     """Run every task. An experiment whose last unit finishes while others still train is reported at once,
     on a thread of this process (one report at a time, while this loop keeps handing out tasks), so that a
     sweep's reports and plots are drawn while its workers train instead of one after another at the end
     (24 points: ~4 s). Not with Inline, which trains in this process. Returns {path: future of its Report}
-    of those; the caller reports the others."""
+    of those; the caller reports the others. `board`: where each unit's curves go as it arrives (--tensorboard)."""
     stack = parallel.max_batch > 1
     overall = bars.add(_title(by_path), total)
     bar_of: dict = {}
@@ -216,6 +229,8 @@ def _drive(graph: Graph, executor, parallel, by_path: dict, results: dict, bars:
                     result = out[task.key]
                     graph.finish(task.id)
                     results[task.exp][task.key] = result
+                    if board is not None:
+                        board.unit(by_path[task.exp], task.key)
                     advance(task.id, task.cost)
                     if task.id in bar_of:
                         bars.progress.remove_task(bar_of.pop(task.id))
@@ -223,7 +238,7 @@ def _drive(graph: Graph, executor, parallel, by_path: dict, results: dict, bars:
                         bars.print(line)
                     left[task.exp] -= 1
                     if not left[task.exp] and reporter is not None and not graph.finished:
-                        early[task.exp] = reporter.submit(report, by_path[task.exp], results[task.exp])
+                        early[task.exp] = reporter.submit(report, by_path[task.exp], results[task.exp], board)
             for tid, n in executor.progress():
                 if tid in bar_of:
                     bars.set(bar_of[tid], n)

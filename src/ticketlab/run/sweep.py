@@ -142,6 +142,7 @@ def run(sweep: Sweep, *, out: str = "runs", force: bool = False, progress: bool 
     from . import runner
 
     runner.check_out(out)
+    runner.require_extras(sweep.specs[0])   # --tensorboard without TensorBoard: before any data is loaded
     cls = experiment_class(sweep.experiment)
     experiments = []   # everything validated before the first file
     for point, spec in zip(sweep.points, sweep.specs):

@@ -17,7 +17,8 @@ from dataclasses import dataclass, field
 from typing import ClassVar
 
 from ..errors import UserError
-from ..spec import COUNT_LIMIT, Choice, Float, Int, ListOf, Seed, TrainSpec, setting
+from ..spec import (COUNT_LIMIT, TENSORBOARD_HELP, Choice, Float, Folder, Int, ListOf, Seed, TrainSpec,
+                    setting)
 
 ARMS = ("none", "receiver-reset", "partial-forget")
 ITERATION_LIMIT = 10_000_000
@@ -61,6 +62,7 @@ class GameRuns:
                            ListOf(Seed(), unique=True), hashed=False)
     workers: int = setting(0, "worker processes for independent games (0: automatic; 1: this process only)",
                            Int(0, COUNT_LIMIT), hashed=False)
+    tensorboard: str = setting("", TENSORBOARD_HELP, Folder(), hashed=False)
 
 
 @dataclass(frozen=True)
@@ -77,4 +79,5 @@ class ReferentialSpec:
     @property
     def train(self) -> TrainSpec:
         """What the runner reads of a spec's training settings (workers; games run on a CPU, one thread each)."""
-        return TrainSpec(workers=self.runs.workers, max_batch=1, batch_size=self.game.game_batch_size)
+        return TrainSpec(workers=self.runs.workers, max_batch=1, batch_size=self.game.game_batch_size,
+                         tensorboard=self.runs.tensorboard)
