@@ -1,6 +1,6 @@
 """Run every benchmark once and print their figures (record the median and range of several runs in
 BENCHMARKS.md). `python bench/run_all.py [NAME ...]` runs only the named ones (many, instruments, sweep,
-cli, train_step, epoch, demo, lca, store, show, export)."""
+cli, train_step, epoch, demo, lca, store, show, export, sparse_train, fop)."""
 
 import json
 import sys
@@ -13,10 +13,12 @@ from common import OtherLoad  # noqa: E402
 import demo  # noqa: E402
 import epoch  # noqa: E402
 import export  # noqa: E402
+import fop  # noqa: E402
 import instruments  # noqa: E402
 import lca  # noqa: E402
 import many  # noqa: E402
 import show  # noqa: E402
+import sparse_train  # noqa: E402
 import store  # noqa: E402
 import sweep  # noqa: E402
 import train_step  # noqa: E402
@@ -33,6 +35,8 @@ BENCHMARKS = {
     "store": lambda: store.main([]),
     "show": lambda: show.main([]),
     "export": lambda: export.main([]),
+    "sparse_train": sparse_train.main,
+    "fop": fop.main,
 }
 
 if __name__ == "__main__":

@@ -308,19 +308,19 @@ def test_experiment_modules_reexport_the_torch_free_specs_and_tables():
         cls = e.spec_class()
         assert cls.experiment == name
         assert getattr(module, cls.__name__) is cls, name
-        assert cls.__module__ == f"ticketlab.specs.{name}"
+        assert cls.__module__ == f"ticketlab.specs.{name.replace('-', '_')}"
         if name in TABLES:
             assert module.table is TABLES[name]
         else:
             assert not hasattr(module, "table"), f"{name} has a table: add it to report.tables.TABLES for `show`"
-        importlib.import_module(f"ticketlab.specs.{name}")
+        importlib.import_module(f"ticketlab.specs.{name.replace('-', '_')}")
 
 
 # ------------------------------------------------------------------------------------------ bad input
 @pytest.mark.parametrize("args,message", [
     (["--model", "resnet999"], "unknown model 'resnet999'; valid: "),
     (["--dataset", "imagenet"], "unknown dataset 'imagenet'; valid: " + ", ".join(sorted(DATASET_NAMES))),
-    (["--optimizer", "rmsprop"], "unknown optimizer 'rmsprop'; valid: adam, sgd"),
+    (["--optimizer", "rmsprop"], "unknown optimizer 'rmsprop'; valid: adam, fop-adam, fop-sgd, sgd"),
     (["--levels", "-1"], "--levels: must be >= 0"),
     (["--prune-fraction", "1.2"], "--prune-fraction: must be in (0, 1)"),
     (["--prune-fraction", "0"], "--prune-fraction: must be in (0, 1)"),

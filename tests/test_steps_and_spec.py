@@ -82,7 +82,7 @@ def test_cli_flags_and_toml_give_the_same_spec(tmp_path):
     ("prune_fraction", 0.0, "(0, 1)"),
     ("batch_size", 0, ">= 1"),
     ("model", "resnet999", "valid: "),
-    ("optimizer", "rmsprop", "valid: adam, sgd"),
+    ("optimizer", "rmsprop", "valid: adam, fop-adam, fop-sgd, sgd"),
     ("criterion", "biggest", "large_final"),
     ("steps", "ten", "expected"),
     ("no_such_setting", 1, "unknown setting"),

@@ -43,6 +43,8 @@ lca = _api("lca")
 stability = _api("stability")
 earlybird = _api("earlybird")
 forget = _api("forget")
+prune_at_init = _api("prune-at-init")
+prune_at_init.__name__ = "prune_at_init"
 
 
 def load_ticket(path, sparse: bool = False):
@@ -56,4 +58,4 @@ def load_ticket(path, sparse: bool = False):
     return _load(path, sparse=sparse)
 
 
-__all__ = ["lottery", "deconstruct", "supermask", "lca", "stability", "earlybird", "forget", "load_ticket", "__version__"]
+__all__ = ["lottery", "deconstruct", "supermask", "lca", "stability", "earlybird", "forget", "prune_at_init", "load_ticket", "__version__"]

@@ -77,9 +77,16 @@ EXPERIMENTS: dict[str, Experiment] = {e.name: e for e in (
     Experiment("forget", "ticketlab.specs.forget:ForgetSpec", "ticketlab.experiments.forget",
                "forget and relearn: generations of later-layer forgetting, knowledge evolution, random or IMP-style "
                "forgetting against a long training; targeted-forgetting probes"),
+    Experiment("lr-range", "ticketlab.specs.lr_range:LRRangeSpec", "ticketlab.experiments.lr_range",
+               "LR range test (Smith 2017): the rate rises over a short training, loss vs rate, the suggested range"),
+    Experiment("prune-at-init", "ticketlab.specs.prune_at_init:PruneAtInitSpec", "ticketlab.experiments.prune_at_init",
+               "pruning at initialisation: SNIP, GraSP, SynFlow, random, magnitude, with reshuffle / reinit controls, "
+               "beside IMP tickets (--compare RUN)"),
     Experiment("referential", "ticketlab.specs.referential:ReferentialSpec", "ticketlab.experiments.referential",
                "the referential game alone (sender/receiver, topographic similarity) with and without forgetting; "
                "also `forget --task referential-game`"),
+    Experiment("sparse-train", "ticketlab.specs.sparse_train:SparseTrainSpec", "ticketlab.experiments.sparse_train",
+               "pruning during training: gradual magnitude pruning (gmp), SET and RigL at given final densities"),
 )}
 
 

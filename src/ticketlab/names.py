@@ -41,3 +41,15 @@ FORGET_METHODS: tuple[str, ...] = ("llf", "ke", "random", "imp")
 KE_SPLIT_MODES: tuple[str, ...] = ("kels", "wels")
 REDRAWS: tuple[str, ...] = ("init", "zero")
 FREEZE: tuple[str, ...] = ("none", "kept", "reset")
+
+# ticketlab sparse-train: the methods (gmp: Zhu & Gupta; set, rigl: sparse/dynamic.GROWTH) and allocations
+# (train/sparse_callbacks.ALLOCATIONS)
+SPARSE_TRAIN_METHODS: tuple[str, ...] = ("gmp", "set", "rigl")
+SPARSE_ALLOCATIONS: tuple[str, ...] = ("uniform", "erk", "global")
+
+# ticketlab.sparse.at_init.METHODS (pruning at initialisation) and ticketlab.sparse.allocation.ALLOCATIONS
+PRUNE_AT_INIT_METHODS: tuple[str, ...] = ("snip", "grasp", "synflow", "random", "magnitude")
+ALLOCATIONS: tuple[str, ...] = ("global", "layerwise", "uniform", "erk")
+
+# ticketlab lr-range: how the rate rises (train.optim.Schedule.range_test's curves)
+LR_RANGE_CURVES: tuple[str, ...] = ("exp", "linear")

@@ -10,6 +10,19 @@ from typing import Iterable
 from .store import rows_to_csv
 
 
+def cell_value(value):
+    """A CSV cell as a number where it is one (bools stay text: "True"), else as it was; "" is None."""
+    if isinstance(value, str):
+        if value == "":
+            return None
+        for cast in (int, float):
+            try:
+                return cast(value)
+            except ValueError:
+                pass
+    return value
+
+
 def is_diverged(row: dict) -> bool:
     """Whether a result row is of a unit that diverged (its `diverged` column: a bool, or its text in a CSV)."""
     value = row.get("diverged")

@@ -289,9 +289,10 @@ class Rates(Kind):
 
 
 # -------------------------------------------------------------------------------------------- settings
-def setting(default, help: str, kind: Kind, *, hashed: bool = True, flag: str | None = None):
-    """Declare one setting. `flag` overrides the derived `--name-with-dashes`."""
-    return field(default=default, metadata={"help": help, "kind": kind, "hashed": hashed, "flag": flag})
+def setting(default, help: str, kind: Kind, *, hashed: bool = True, flag: str | None = None, aliases: tuple = ()):
+    """Declare one setting. `flag` overrides the derived `--name-with-dashes`; `aliases`: further flags of it
+    (`--density` for `--densities`)."""
+    return field(default=default, metadata={"help": help, "kind": kind, "hashed": hashed, "flag": flag, "aliases": aliases})
 
 
 @dataclass(frozen=True)
@@ -303,6 +304,7 @@ class Setting:
     kind: Kind
     hashed: bool
     flag: str
+    aliases: tuple = ()
 
     def coerce(self, value, source: str, strict: bool = False):
         """`value` checked and made canonical; `strict`: it was read from a TOML file (`Kind.from_file`)."""
@@ -325,7 +327,7 @@ def settings_of(spec_cls) -> list[Setting]:
         for f in dataclasses.fields(group.default_factory if group.default_factory is not dataclasses.MISSING else group.type):
             md = f.metadata
             out.append(Setting(group.name, f.name, f.default, md["help"], md["kind"], md["hashed"],
-                               md["flag"] or "--" + f.name.replace("_", "-")))
+                               md["flag"] or "--" + f.name.replace("_", "-"), tuple(md.get("aliases", ()))))
     return out
 
 
@@ -500,7 +502,7 @@ def add_arguments(parser: argparse.ArgumentParser, spec_cls) -> None:
             default = s.kind.to_json(s.default)
             if isinstance(default, list):
                 default = ",".join(map(str, default)) or "none"
-            group.add_argument(s.flag, dest=s.name, metavar=s.kind.metavar, default=argparse.SUPPRESS,
+            group.add_argument(s.flag, *s.aliases, dest=s.name, metavar=s.kind.metavar, default=argparse.SUPPRESS,
                                help=f"{s.help} (default: {default if default not in (None, '') else 'none'})")
 
 
@@ -536,8 +538,9 @@ def _criteria():
     return names.CRITERIA
 
 
-OPTIMIZERS = ("sgd", "adam")
-SCHEDULES = ("constant", "milestones", "cosine")
+OPTIMIZERS = ("sgd", "adam", "fop-sgd", "fop-adam")
+FOP_OPTIMIZERS = ("fop-sgd", "fop-adam")   # train alone: never stacked (train/fop.py)
+SCHEDULES = ("constant", "milestones", "cosine", "one-cycle")
 EXECUTORS = ("local", "ray")
 TENSORBOARD_HELP = ("also write TensorBoard event files under DIR: every unit's training curves and the per-level "
                     "accuracy and weights remaining of each arm (pip install 'ticketlab[tensorboard]'; empty: none). "
@@ -582,7 +585,11 @@ class TrainSpec:
 
     steps: str = setting("1500it", "training length: 500it, 50ep, 1ep50it", Step())
     batch_size: int = setting(100, "minibatch size", Int(1))
-    optimizer: str = setting("adam", f"optimizer: {', '.join(OPTIMIZERS)}", Choice("optimizer", lambda: OPTIMIZERS))
+    optimizer: str = setting("adam", f"optimizer: {', '.join(OPTIMIZERS)} (fop-*: first-order preconditioning, Moskovitz et "
+                             "al. 2019, on top of SGD / Adam; its units train alone, never stacked)",
+                             Choice("optimizer", lambda: OPTIMIZERS))
+    fop_lr: float = setting(1e-3, "fop-sgd / fop-adam: learning rate of the preconditioners' hypergradient descent "
+                            "(0: frozen identity, the base optimizer exactly)", Float(0))
     lr: float = setting(5e-3, "learning rate", Float(0, None, low_open=True))
     momentum: float = setting(0.9, "SGD momentum", Float(0, 1, high_open=True))
     nesterov: bool = setting(False, "SGD with Nesterov momentum", Bool())
@@ -592,6 +599,10 @@ class TrainSpec:
     schedule: str = setting("constant", f"learning-rate schedule: {', '.join(SCHEDULES)}", Choice("schedule", lambda: SCHEDULES))
     milestones: tuple = setting((), "steps where the milestones schedule multiplies the rate by --gamma, e.g. 80ep,120ep", ListOf(Step(), nonempty=False))
     gamma: float = setting(0.1, "factor of the milestones schedule", Float(0, 1, low_open=True))
+    pct_start: float = setting(0.3, "one-cycle: fraction of training spent warming up from lr/--div-factor to --lr",
+                               Float(0, 1, low_open=True, high_open=True))
+    div_factor: float = setting(25.0, "one-cycle: the first rate is --lr divided by this", Float(1))
+    final_div: float = setting(1e4, "one-cycle: the last rate is --lr divided by this (cosine annealing down to it)", Float(1))
     warmup: str = setting("0it", "linear learning-rate warmup length", Step())
     eval_every: str = setting("1ep", "evaluate on the test set this often, at least 1it (and at the end)", Step())
     eval_batch_size: int = setting(10000, "batch size of evaluation", Int(1), hashed=False)
@@ -613,8 +624,14 @@ class TrainSpec:
             raise UserError(f"--steps {self.steps}: training must be at least one iteration")
         if steps.parse(self.eval_every) == (0, 0):
             raise UserError(f"--eval-every {self.eval_every}: must be at least one iteration (1it evaluates after every step)")
-        if self.nesterov and self.optimizer != "sgd":
+        if self.nesterov and self.optimizer not in ("sgd", "fop-sgd"):
             raise UserError(f"--nesterov true applies to --optimizer sgd only (got --optimizer {self.optimizer})")
+        if self.fop_lr != 1e-3 and self.optimizer not in FOP_OPTIMIZERS:
+            raise UserError(f"--fop-lr applies to --optimizer {' or '.join(FOP_OPTIMIZERS)} only (got --optimizer {self.optimizer})")
+        if self.schedule != "one-cycle" and (self.pct_start, self.div_factor, self.final_div) != (0.3, 25.0, 1e4):
+            raise UserError(f"--pct-start, --div-factor and --final-div apply to --schedule one-cycle only (got --schedule {self.schedule})")
+        if self.schedule == "one-cycle" and steps.parse(self.warmup) != (0, 0):
+            raise UserError("--warmup does not apply to --schedule one-cycle (it warms up itself: --pct-start)")
         if self.nesterov and self.momentum == 0:
             raise UserError("--nesterov true needs --momentum > 0 (Nesterov momentum with no momentum is plain SGD)")
 

@@ -25,26 +25,17 @@ from typing import Callable
 
 from ..errors import UserError
 from ..io import CorruptFile
+from ..results import cell_value
 from ..store import MANIFEST, Unit, open_existing
 from . import gather
 
 MAX_POINTS = 8     # a sweep of more points gets its sweep figures only (the points' figures would be unreadable)
 MAX_PANELS = 6     # training-curve panels (one per run)
-KINDS = ("lottery", "deconstruct", "supermask", "lca", "stability", "earlybird", "forget", "referential")
+KINDS = ("lottery", "deconstruct", "supermask", "lca", "stability", "earlybird", "forget", "referential", "sparse-train")
 
 
 # ------------------------------------------------------------------------------------------- reading
-def number(value):
-    """A CSV cell as a number where it is one (bools stay text: "True"), else as it was; "" is None."""
-    if isinstance(value, str):
-        if value == "":
-            return None
-        for cast in (int, float):
-            try:
-                return cast(value)
-            except ValueError:
-                pass
-    return value
+number = cell_value   # a CSV cell as a number where it is one
 
 
 def flat_spec(record: dict) -> dict:
@@ -845,9 +836,42 @@ def sweep_section(sweep: SweepFolder) -> Section:
     return sec
 
 
+# ------------------------------------------------------------------------------------ sparse-train
+def sparse_train_section(runs: list[RunFolder], tickets: list[RunFolder] = ()) -> Section:
+    """GMP, SET and RigL against weights remaining, with the IMP tickets of the lottery runs of the same report
+    on the same axes (the one accuracy-vs-sparsity figure of pruning during and after training)."""
+    sec = Section("Sparse training (GMP, SET, RigL)")
+    what = title_of(runs)
+
+    def accuracy():
+        data = []
+        for r in runs:
+            g = grouped(r.rows, ("method", "density"), "test_accuracy")
+            kept = grouped(r.rows, ("method", "density"), "weights_remaining")
+            curves: dict[str, list] = {}
+            for (method, density), vals in g.items():
+                x = mean_std(kept[(method, density)])[0] if kept.get((method, density)) else density
+                curves.setdefault(method, []).append((x, *mean_std(vals), len(vals)))
+            data.append((r.label, curves, None))
+        for r in tickets:
+            g = grouped(r.rows, ("arm", "level"), "test_accuracy")
+            wr = {(row.get("arm"), row.get("level")): row.get("weights_remaining") for row in r.rows}
+            points = [(wr.get(key), *mean_std(vals), len(vals)) for key, vals in g.items() if key[0] == "ticket"]
+            dense = g.get(("ticket", 0))
+            data.append((r.label or r.name, {"IMP ticket": points}, mean_std(dense)[0] if dense else None))
+        from .figures import accuracy_vs_sparsity
+        return accuracy_vs_sparsity(data, f"{what}: sparse training" + (" and IMP tickets" if tickets else ""))
+
+    sec.figure("Test accuracy vs % weights remaining", accuracy,
+               "Mean over seeds (line) and one standard deviation (band), at the weights remaining each method ended "
+               "with; the winning tickets of the lottery runs in this report (IMP) on the same axes, their dense network dashed.")
+    return sec
+
+
 SECTIONS = {"lottery": lottery_section, "deconstruct": deconstruct_section, "supermask": supermask_section,
             "lca": lca_section, "stability": stability_section, "earlybird": earlybird_section,
-            "forget": forget_section, "referential": referential_section}
+            "forget": forget_section, "referential": referential_section,
+            "sparse-train": sparse_train_section}
 
 
 # ----------------------------------------------------------------------------------------- summary
@@ -865,6 +889,9 @@ def headline(r: RunFolder) -> str:
                 parts.append(f"ticket at {100 * wr[0]:.1f}% weights {pct(mean_std(g[('ticket', deepest)])[0])}"
                              + "".join(f", {a} {pct(mean_std(v)[0])}" for (a, lv), v in g.items() if lv == deepest and a != "ticket"))
             return "; ".join(p for p in parts if p)
+        if r.kind == "sparse-train":
+            g = grouped(rows, ("method", "density"), "test_accuracy")
+            return "; ".join(f"{m} at {100 * d:g}% weights {pct(mean_std(v)[0])}" for (m, d), v in g.items())
         if r.kind == "supermask":
             acc = grouped(rows, (), "test_accuracy").get((), [])
             kept = grouped(rows, (), "weights_remaining").get((), [])
@@ -997,7 +1024,8 @@ def render(paths: list[str]) -> str:
     for kind in KINDS:
         group = [r for r in runs if r.kind == kind]
         if group:
-            sections.append(SECTIONS[kind](group))
+            sections.append(SECTIONS[kind](group) if kind != "sparse-train"
+                            else sparse_train_section(group, [r for r in runs if r.kind == "lottery"]))
     for k, sec in enumerate(sections):
         out.append(f'<h2 id="section-{k}">{esc(sec.title)}</h2>')
         for note in sec.notes:

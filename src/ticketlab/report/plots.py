@@ -15,7 +15,9 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 ARM_STYLE = {"ticket": ("tab:blue", "o", "winning ticket"), "random_reinit": ("tab:orange", "s", "random reinit"),
-             "random_prune": ("tab:green", "^", "random pruning"), "reshuffle": ("tab:purple", "v", "reshuffle")}
+             "random_prune": ("tab:green", "^", "random pruning"), "reshuffle": ("tab:purple", "v", "reshuffle"),
+             # sparse-train's methods (pruning during training)
+             "gmp": ("tab:red", "D", "GMP (Zhu & Gupta)"), "set": ("tab:olive", "P", "SET"), "rigl": ("tab:cyan", "X", "RigL")}
 
 
 def _png(fig) -> bytes:
@@ -271,3 +273,73 @@ def probe_drops(rows: list[dict], title: str) -> bytes:
     fig.tight_layout()
     return _png(fig)
 
+
+def lr_range(curves: dict, summary: dict, title: str) -> bytes:
+    """The LR range test (Smith 2017): training loss vs learning rate (log x), raw (faint) and smoothed per
+    seed; dashed lines at the suggested rate (steepest descent) and at the point before divergence."""
+    fig, ax = plt.subplots(figsize=(6.4, 4.2))
+    for i, (seed, rows) in enumerate(curves.items()):
+        color = f"C{i % 10}"
+        kept = [r for r in rows if r.get("smoothed_loss") is not None]
+        raw = [r for r in rows if r.get("loss") is not None]
+        ax.plot([r["lr"] for r in raw], [r["loss"] for r in raw], color=color, alpha=0.25, lw=0.8)
+        ax.plot([r["lr"] for r in kept], [r["smoothed_loss"] for r in kept], color=color, label=f"seed {seed} (smoothed)")
+    for key, label, color in (("suggested_lr", "suggested (steepest descent)", "tab:green"),
+                              ("max_lr", "before divergence (lowest loss)", "tab:red")):
+        if summary.get(key):
+            ax.axvline(summary[key], color=color, ls="--", lw=1, label=f"{label}: {summary[key]:.2g}")
+    ax.set_xscale("log")
+    smoothed = [r["smoothed_loss"] for rows in curves.values() for r in rows if r.get("smoothed_loss") is not None]
+    if smoothed:   # the exploding tail would flatten everything else
+        ax.set_ylim(min(smoothed) * 0.9, max(smoothed) * 1.3)
+    return _finish(fig, ax, "learning rate", "training loss", title, legend=7, title_size=9)
+
+
+
+# ------------------------------------------------------------------------------------- pruning at init
+AT_INIT_LINES = {"pruned": ("-", "o"), "reshuffle": (":", "v"), "reinit": ("-.", "s")}
+
+
+def at_init_vs_imp(summary: list[dict], imp: list[dict], title: str, dense: float | None = None) -> bytes:
+    """Pruning at initialisation beside IMP (Frankle et al. 2021, Fig. 1 style): test accuracy vs % weights
+    remaining (log x, decreasing to the right), a colour per method (the pruned network solid, its reshuffle
+    and reinit controls dotted and dash-dotted), IMP tickets of a compared lottery run dashed black, the dense
+    network a grey line. `summary`: method, arm, density, weights_remaining, mean, std, n, diverged rows
+    (`Results.summary`); `imp`: level, weights_remaining, mean, std rows."""
+    fig, ax = plt.subplots(figsize=(6.8, 4.4))
+    methods = [m for m in dict.fromkeys(r["method"] for r in summary) if m != "dense"]
+    xs = []
+    for i, method in enumerate(methods):
+        for arm in dict.fromkeys(r["arm"] for r in summary if r["method"] == method):
+            part = [r for r in summary if r["method"] == method and r["arm"] == arm]
+            shown = sorted((r for r in part if r.get("n") and r["weights_remaining"] is not None),
+                           key=lambda r: -r["weights_remaining"])
+            ls, marker = AT_INIT_LINES.get(arm, ("--", "x"))
+            label = method + ("" if arm == "pruned" else f" ({arm})") + diverged_note(sum(r.get("diverged", 0) for r in part))
+            x = [100 * r["weights_remaining"] for r in shown]
+            e = [100 * r["std"] for r in shown]
+            ax.errorbar(x, [100 * r["mean"] for r in shown], yerr=e if any(e) else None, color=f"C{i % 10}", ls=ls,
+                        marker=marker, ms=4, capsize=2, lw=1.6 if arm == "pruned" else 1.0, label=label)
+            xs += x
+    shown = sorted((r for r in imp if r.get("n") and r.get("weights_remaining") is not None and r["weights_remaining"] < 1),
+                   key=lambda r: -r["weights_remaining"])
+    if shown:
+        x = [100 * r["weights_remaining"] for r in shown]
+        e = [100 * r["std"] for r in shown]
+        ax.errorbar(x, [100 * r["mean"] for r in shown], yerr=e if any(e) else None, color="black", ls="--", marker=".",
+                    ms=4, capsize=2, lw=1.4, label="IMP tickets (lottery)")
+        xs += x
+    if dense is not None and not math.isnan(dense):
+        ax.axhline(100 * dense, color="gray", ls="--", lw=1, label=f"dense ({100 * dense:.1f}%)")
+    if not xs:
+        _nothing_to_show(ax)
+        return _finish(fig, ax, "% weights remaining", "test accuracy (%)", title, legend=7)
+    ax.set_xscale("log")
+    ax.invert_xaxis()
+    ticks = sorted({round(v, 1) for v in xs}, reverse=True)
+    if len(ticks) > 12:
+        ticks = ticks[:: max(len(ticks) // 10, 1)]
+    ax.set_xticks(ticks)
+    ax.set_xticklabels([f"{t:g}" for t in ticks], rotation=45)
+    ax.minorticks_off()
+    return _finish(fig, ax, "% weights remaining", "test accuracy (%)", title, legend=6, title_size=9)

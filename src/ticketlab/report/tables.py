@@ -174,4 +174,97 @@ def forget(rows: list[dict]) -> list[str]:
     return lines
 
 
-TABLES = {"lottery": lottery, "deconstruct": deconstruct, "supermask": supermask, "referential": referential, "forget": forget}
+# ---------------------------------------------------------------------------------------- sparse-train
+def sparse_train(rows: list[dict]) -> list[str]:
+    """The terminal table of a sparse-train run: one line per target density (with the mean % weights
+    remaining the units ended with), mean ± std test accuracy per method."""
+    rows = [{**r, "density": float(r["density"]), "weights_remaining": _number(r.get("weights_remaining")),
+             "test_accuracy": _number(r.get("test_accuracy"))} for r in rows]
+    methods = list(dict.fromkeys(r["method"] for r in rows))
+    lines = [f"{'density':>7} {'remaining':>9}  " + "  ".join(f"{m:>15}" for m in methods)]
+    for density in sorted({r["density"] for r in rows}, reverse=True):
+        part = [r for r in rows if r["density"] == density]
+        by = {r["method"]: r for r in Results(part).summary(("method",))}
+        known = [r["weights_remaining"] for r in part if r["weights_remaining"] is not None]
+        remaining = f"{100 * sum(known) / len(known):>8.2f}%" if known else f"{'-':>9}"
+        cells = [percent_cell(by[m]) if m in by else f"{'-':>15}" for m in methods]
+        lines.append(f"{density:>7g} {remaining}  " + "  ".join(cells))
+    return lines
+
+
+TABLES = {"lottery": lottery, "deconstruct": deconstruct, "supermask": supermask, "referential": referential, "forget": forget,
+          "sparse-train": sparse_train}
+
+
+# ------------------------------------------------------------------------------------------- lr-range
+def lr_range(rows: list[dict]) -> list[str]:
+    """The lines of an LR range test: one per seed (suggested rate, the range, where it stopped), then the
+    geometric mean of the rates."""
+    import math
+
+    lines = [f"{'seed':>4} {'suggested lr':>13} {'min lr':>10} {'max lr':>10} {'stopped at':>12}"]
+    lines += [lr_range_line(r) for r in rows]
+    if len(rows) > 1:
+        def geomean(key):
+            values = [float(r[key]) for r in rows if _number(r.get(key))]
+            return f"{math.exp(sum(map(math.log, values)) / len(values)):.3g}" if values else "-"
+        lines.append(f"{'mean':>4} {geomean('suggested_lr'):>13} {geomean('min_lr'):>10} {geomean('max_lr'):>10}")
+    return lines
+
+
+def lr_range_line(r: dict) -> str:
+    """One seed's line of the LR range table (its result, or a CSV row of it)."""
+    stopped = _number(r.get("stopped_lr"))
+    return (f"{int(r['seed']):>4} {float(r['suggested_lr']):>13.3g} {float(r['min_lr']):>10.3g} {float(r['max_lr']):>10.3g} "
+            f"{'-' if stopped is None else f'lr {stopped:.3g}':>12}")
+
+
+TABLES["lr-range"] = lr_range
+
+
+# -------------------------------------------------------------------------------------- prune-at-init
+def nearest_levels(rows: list[dict], densities) -> dict[float, int]:
+    """For each density, the IMP level (rows with `method = imp`) whose weights remaining is nearest to it
+    (by ratio: 0.05 is as near 0.04 as 0.0625)."""
+    import math
+
+    imp = {}
+    for r in rows:
+        if r.get("method") == "imp" and _number(r.get("weights_remaining")):
+            imp.setdefault(int(r["level"]), float(r["weights_remaining"]))
+    if not imp:
+        return {}
+    return {d: min(imp, key=lambda lv: (abs(math.log(imp[lv] / d)), lv)) for d in densities}
+
+
+def prune_at_init(rows: list[dict]) -> list[str]:
+    """The terminal table of a prune-at-init run: a line per method and arm (pruned, reshuffle, reinit), a column
+    per density, mean ± std test accuracy over seeds; the dense network; IMP tickets of a compared lottery run
+    at the level nearest each density (its weights remaining in the line below)."""
+    rows = [{**r, "density": _number(r.get("density")), "weights_remaining": _number(r.get("weights_remaining")),
+             "test_accuracy": _number(r.get("test_accuracy"))} for r in rows]
+    own = [r for r in rows if r["method"] not in ("dense", "imp")]
+    densities = sorted({r["density"] for r in own}, reverse=True)
+    lines = [f"{'method':>10} {'arm':>10}  " + "  ".join(f"{f'{100 * d:g}% kept':>15}" for d in densities)]
+    dense = Results([r for r in rows if r["method"] == "dense"]).summary(("method",))
+    if dense:
+        lines.append(f"{'dense':>10} {'':>10}  {percent_cell(dense[0])}")
+    summary = {(s["method"], s["arm"], s["density"]): s for s in Results(own).summary(("method", "arm", "density"))}
+    for method, arm in dict.fromkeys((r["method"], r["arm"]) for r in own):
+        cells = [percent_cell(summary[(method, arm, d)]) if (method, arm, d) in summary else f"{'-':>15}" for d in densities]
+        lines.append(f"{method:>10} {arm:>10}  " + "  ".join(cells))
+    nearest = nearest_levels(rows, densities)
+    if nearest:
+        imp = [r for r in rows if r["method"] == "imp"]
+        cells, where = [], []
+        for d in densities:
+            part = [r for r in imp if int(r["level"]) == nearest[d]]
+            cells.append(percent_cell(Results(part).summary(("method",))[0]))
+            at = f"level {nearest[d]}, {100 * part[0]['weights_remaining']:.2f}%"
+            where.append(f"{at:>15}")
+        lines.append(f"{'imp':>10} {'ticket':>10}  " + "  ".join(cells))
+        lines.append(f"{'':>10} {'':>10}  " + "  ".join(where))
+    return lines
+
+
+TABLES["prune-at-init"] = prune_at_init

@@ -6,6 +6,7 @@ allocation.py  how a target is split among layers: per-layer rates, layer-wise/g
 schedule.py    the IMP level schedule: density (1-f)^l at level l
 structure.py   sparsity types: unstructured weights (random ties) and BatchNorm channels (|gamma|)
 prune.py       IMP pruning, the composition of the above
+at_init.py     pruning at initialisation: SNIP, GraSP, SynFlow, random, magnitude scores, one or several rounds
 mask.py        `Mask`: one bool tensor per prunable parameter
 """
 

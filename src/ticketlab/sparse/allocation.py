@@ -12,6 +12,9 @@ ERK               `erk`: Erdos-Renyi-Kernel (Evci et al. 2020, "Rigging the Lott
                   scaled so the total density is the target; a layer whose density would exceed 1 is kept
                   dense and the rest re-scaled.
 
+A total density  `targets`: the kept count of each pool for a total density under one of `ALLOCATIONS`
+                  (global, layerwise at IMP's rates, uniform, ERK); pruning at initialisation uses it.
+
 `uniform`, `erk` and `per_layer` return per-layer kept counts, every one from the count rule
 (`count.kept_count`), so the total is the target to within one weight per layer.
 """
@@ -107,3 +110,63 @@ def erk_densities(shapes: Mapping[str, Sequence[int]], density: float, *, power:
 def erk(shapes: Mapping[str, Sequence[int]], density: float, *, power: float = 1.0) -> dict[str, int]:
     """Kept counts of the ERK allocation at total `density`."""
     return per_layer(shapes, erk_densities(shapes, density, power=power))
+
+
+# ------------------------------------------------------------------------- a total density, allocated
+ALLOCATIONS: tuple[str, ...] = ("global", "layerwise", "uniform", "erk")
+
+
+def rate_densities(shapes: Mapping[str, Shape], fractions: Mapping[str, float], density: float) -> dict[str, float]:
+    """Per-layer densities (1 - f_n)^t with one t for all layers, t chosen so that they keep `density` of
+    the weights in all: IMP's per-layer rates (`layer_fractions`) carried to a total density. At a whole t
+    they are the densities of IMP level t exactly; a layer with fraction 0 stays dense. UserError when the
+    layers that are never pruned alone hold more than `density` of the weights."""
+    _check_density(density)
+    sizes = {n: _numel(s) for n, s in shapes.items()}
+    total = sum(sizes.values())
+    target = density * total
+    floor = sum(sizes[n] for n in sizes if fractions.get(n, 0.0) <= 0)
+    if target < floor - 1e-9 * total:
+        dense = ", ".join(n for n in sizes if fractions.get(n, 0.0) <= 0)
+        raise UserError(f"density {density:g} is out of reach: {dense} (never pruned, fraction 0) hold {floor / max(total, 1):.4g} "
+                        f"of the weights; give those layers a fraction, or a higher density")
+
+    def kept(t: float) -> float:
+        return sum(sizes[n] * (1.0 - fractions.get(n, 0.0)) ** t if fractions.get(n, 0.0) > 0 else sizes[n] for n in sizes)
+
+    low, high = 0.0, 1.0
+    while kept(high) > target and high < 1e6:
+        low, high = high, 2 * high
+    for _ in range(200):   # kept(t) falls with t: bisection to float precision
+        mid = (low + high) / 2
+        low, high = (mid, high) if kept(mid) > target else (low, mid)
+        if high - low <= 1e-15 * max(high, 1.0):
+            break
+    t = high if abs(kept(high) - target) <= abs(kept(low) - target) else low
+    return {n: (1.0 - fractions[n]) ** t if fractions.get(n, 0.0) > 0 else 1.0 for n in sizes}
+
+
+def targets(allocation: str, shapes: Mapping[str, Shape], density: float,
+            fractions: Mapping[str, float] | None = None) -> list[tuple[tuple[str, ...], int]]:
+    """How many weights each pool of layers keeps at total `density`: [(layer names, kept count)].
+
+    global     one pool of every layer: kept_count(all weights, density); the scores decide the split
+    layerwise  each layer at IMP's per-layer rates carried to the total (`rate_densities`, needs `fractions`)
+    uniform    each layer at `density`
+    erk        each layer at its ERK density (`erk_densities`)
+
+    Every count comes from the count rule, so a pool keeps its share to within one weight."""
+    _check_density(density)
+    if allocation == "global":
+        return [(tuple(shapes), kept_count(sum(_numel(s) for s in shapes.values()), density))]
+    if allocation == "uniform":
+        counts = uniform(shapes, density)
+    elif allocation == "erk":
+        counts = erk({n: (s,) if isinstance(s, int) else tuple(s) for n, s in shapes.items()}, density)
+    elif allocation == "layerwise":
+        if fractions is None:
+            raise ValueError("layerwise allocation needs the per-layer fractions")
+        counts = per_layer(shapes, rate_densities(shapes, fractions, density))
+    else:
+        raise UserError(f"unknown allocation {allocation!r}; valid: {', '.join(ALLOCATIONS)}")
+    return [((n,), c) for n, c in counts.items()]

@@ -75,6 +75,13 @@ class Mask:
         return self.tensors.keys() == other.tensors.keys() and all(
             torch.equal(self.tensors[k], other.tensors[k].to(self.tensors[k].device)) for k in self.tensors)
 
+    def update_(self, name: str, kept: torch.Tensor) -> None:
+        """Replace layer `name`'s mask in place (same shape; a mask that changes while training: GMP, SET,
+        RigL), dropping the cached float masks so the next `apply_` uses it."""
+        target = self.tensors[name]
+        target.copy_(kept.reshape(target.shape).to(device=target.device, dtype=torch.bool))
+        self._cache = self._fill_cache = None
+
     # -------------------------------------------------------------------------------- application
     def apply_(self, model: nn.Module) -> None:
         """Zero the pruned weights in place. Called after every optimizer step: the cheapest path measured

@@ -1,5 +1,6 @@
 """IMP pruning: scoring (`criteria.py`) + allocation (`allocation.py`) + level schedule (`schedule.py`) +
-unstructured selection (`structure.lowest`), composed by `prune`.
+unstructured selection (`structure.lowest`), composed by `prune`; `keep_top` keeps given counts per pool of
+layers (a total density allocated by `allocation.targets`: pruning at initialisation).
 
 Level l of a layer with N weights and fraction f keeps exactly `kept_count(N, (1 - f) ** l)` weights (the
 one count rule of `count.py`: the removed count rounds half up), so each level removes f x remaining to
@@ -19,7 +20,7 @@ from .mask import Mask
 from .schedule import level_pruned
 from .structure import lowest
 
-__all__ = ["layer_fractions", "prune", "prune_count", "random_mask_like", "round_half_up"]
+__all__ = ["keep_top", "layer_fractions", "prune", "prune_count", "random_mask_like", "round_half_up"]
 
 # The count of one pruning step (kept under its old name for callers of `prune.prune_count`).
 prune_count = level_pruned
@@ -42,11 +43,31 @@ def prune(scores: dict[str, torch.Tensor], mask: Mask, fractions: dict[str, floa
         flat = torch.cat([scores[n].flatten().float()[idx] for n, idx in zip(names, alive)])
         total = sum(mask[n].numel() for n in names)
         drop = lowest(flat, level_pruned(total, flat.numel(), fraction, level), generator)
-        start = 0
-        for n, idx in zip(names, alive):
-            mine = drop[(drop >= start) & (drop < start + len(idx))] - start
-            new[n].view(-1)[idx[mine]] = False
-            start += len(idx)
+        _remove(new, names, alive, drop)
+    return Mask(new, order=list(mask))
+
+
+def _remove(new: dict, names, alive: list, drop: torch.Tensor) -> None:
+    """Clear in `new` the kept weights whose positions in the pool's concatenation are `drop`."""
+    start = 0
+    for n, idx in zip(names, alive):
+        mine = drop[(drop >= start) & (drop < start + len(idx))] - start
+        new[n].view(-1)[idx[mine]] = False
+        start += len(idx)
+
+
+def keep_top(scores: dict[str, torch.Tensor], mask: Mask, counts: list[tuple[tuple[str, ...], int]],
+             generator: torch.Generator) -> Mask:
+    """The mask that keeps, in each pool of layers, its `count` highest-scoring weights among those `mask`
+    keeps (`allocation.targets` gives the pools and counts; a count above what is kept removes nothing).
+    Ties broken at random by `generator`, as in `prune`; a NaN score counts as lowest."""
+    new = {n: m.clone() for n, m in mask.tensors.items()}
+    for names, count in counts:
+        alive = [mask[n].flatten().nonzero().squeeze(1) for n in names]
+        flat = torch.cat([scores[n].detach().flatten().float().cpu()[idx] for n, idx in zip(names, alive)])
+        flat = torch.nan_to_num(flat, nan=-torch.inf)
+        drop = lowest(flat, max(flat.numel() - int(count), 0), generator)
+        _remove(new, names, alive, drop)
     return Mask(new, order=list(mask))
 
 

@@ -2,6 +2,8 @@
 
 The loop calls, for each model it trains, that model's callbacks in list order:
 
+  attach(stepper, k)           once, before anything else: the stepper training this model (`stepper.models[k]`),
+                               for callbacks that must reach its optimizer (SET/RigL reset the state of regrown weights)
   on_start(step, model)        once, after a resume and before the first evaluation (step = where training
                                starts or resumes)
   before_step(step, model)     before iteration `step`
@@ -37,6 +39,9 @@ class Callback:
     their model is trained alone."""
 
     stackable: bool = False
+
+    def attach(self, stepper, index: int) -> None:
+        pass
 
     def on_start(self, step: int, model: nn.Module) -> None:
         pass

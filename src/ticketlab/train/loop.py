@@ -114,6 +114,9 @@ def train_loop(stepper, callbacks: Sequence[Sequence], *, start: int, end: int, 
     if rng_seed is not None:
         torch.manual_seed(rng_seed)
     prefixes = [state_prefixes(cbs) for cbs in callbacks]
+    for k, cbs in enumerate(callbacks):   # callbacks that reach the optimizer (RigL/SET reset its state)
+        for hook in _hooks(cbs, "attach"):
+            hook(stepper, k)
     # one step counter, so one clock decides when all models save (the first that saves at all)
     lead = next((c for c in checkpoints if c.unit is not None), checkpoints[0])
     diverged: list[dict | None] = [None] * count_models   # {step, reason} once model k diverged
