@@ -14,8 +14,10 @@ from ticketlab import cli
 from ticketlab import spec as specs
 from ticketlab import steps
 
-EXPERIMENTS = ("lottery", "deconstruct", "supermask", "lca", "stability", "earlybird", "forget")
-WITH_PRUNING = ("lottery", "deconstruct", "stability")   # the experiments with --levels-like and --prune-* settings
+EXPERIMENTS = ("lottery", "deconstruct", "supermask", "lca", "stability", "earlybird", "forget", "prune-at-init", "sparse-train",
+               "lr-range")
+# the experiments with --prune-* settings (layer_prune_fractions; prune-at-init's for --allocation layerwise)
+WITH_PRUNING = ("lottery", "deconstruct", "stability", "prune-at-init")
 WITH_LEVELS = ("lottery", "deconstruct")
 # a small valid run (synthetic data: 600 training samples, 6 iterations per epoch at batch 100); 30it is the
 # 5 epochs earlybird's search needs at its default --eb-window
@@ -68,11 +70,17 @@ NUMBERS = {
 }
 
 
+# cases whose check does not apply to an experiment, and the refusal it gives instead: lr-range sets the rate
+# itself, so any --warmup or --milestones is refused, not only those past the end of training
+NOT_APPLICABLE = {("lr-range", case): "lr-range sets the rate itself: leave --schedule, --warmup and --milestones unset"
+                  for case in ("warmup at end", "warmup past end", "milestone past end", "milestone at end")}
+
+
 @pytest.mark.parametrize("experiment", EXPERIMENTS)
 @pytest.mark.parametrize("case", sorted(NUMBERS))
 def test_absurd_numbers_and_nonsense_are_refused_before_anything_is_written(capsys, tmp_path, experiment, case):
     args, message = NUMBERS[case]
-    refused(capsys, tmp_path / "out", [experiment, *FAST, *args], message)
+    refused(capsys, tmp_path / "out", [experiment, *FAST, *args], NOT_APPLICABLE.get((experiment, case), message))
 
 
 @pytest.mark.parametrize("experiment", EXPERIMENTS)
@@ -286,7 +294,8 @@ def test_flag_and_config_errors_do_not_import_torch(python, cli_env, tmp_path):
     cases = [["lottery", "--seeds", TOO_BIG, "--out", out], ["stability", "--ticket-levels", "999999", "--out", out],
              ["lottery", "--steps", f"{TOO_BIG}it", "--out", out], ["lottery", "--eval-every", "0it", "--out", out],
              ["lottery", "--nesterov", "true", "--out", out], ["lottery", "--config", str(cfg), "--out", out],
-             ["lottery", "--config", "", "--out", out], ["sweep", str(tmp_path)]]
+             ["lottery", "--config", "", "--out", out], ["sweep", str(tmp_path)],
+             *([e, "--seeds", TOO_BIG, "--out", out] for e in ("prune-at-init", "sparse-train", "lr-range"))]
     r = subprocess.run([python, "-c", TORCH_FREE, json.dumps(cases)], env=cli_env, capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr
     result = json.loads(r.stdout.strip().splitlines()[-1])

@@ -1,4 +1,4 @@
-"""`ticketlab report`: one self-contained HTML page of every figure of real (tiny) run folders of the six
+"""`ticketlab report`: one self-contained HTML page of every figure of real (tiny) run folders of the
 experiments, a sweep, and unfinished runs; checked as text, as images, and in headless Chromium."""
 
 import base64
@@ -24,17 +24,21 @@ CASES = {
     "stability": dict(TINY, steps="40it", copy_steps=("0it", "20it"), ticket_levels=(0, 1), seeds=(0,), interpolation_points=5),
     "earlybird": dict(TINY, batch_size=200, eval_every="5ep", steps="6ep", prune_ratios=(0.3, 0.5), eb_window=3,
                       eb_epsilon=0.2, seeds=(0, 1)),
+    "prune-at-init": dict(TINY, steps="20it", eval_every="10it", methods=("snip", "random"), densities=(0.2, 0.05),
+                          seeds=(0, 1)),
+    "lr-range": dict(TINY, steps="30it", seeds=(0, 1)),
 }
 SECTIONS = ("Summary", "Lottery tickets", "Deconstructing lottery tickets", "Learned supermasks", "Loss Change Allocation",
-            "Linear mode connectivity", "Early-bird tickets")
+            "Linear mode connectivity", "Early-bird tickets", "Pruning at initialisation", "LR range test")
 FIGURES = ("Test accuracy vs % weights remaining", "Early-stop iteration", "Training curves per level", "Per-layer sparsity",
            "Criteria x mask-1 actions grid", "Untrained supermasks", "Supermask accuracy", "LCA per layer and per step",
-           "Helped / hurt shares", "Per-neuron LCA", "Error barrier vs rewind step", "Mask distance between epochs")
+           "Helped / hurt shares", "Per-neuron LCA", "Error barrier vs rewind step", "Mask distance between epochs",
+           "Training curves per method", "Loss vs learning rate", "Suggested learning rates")
 
 
 def folder_of(out, experiment, **settings):
     """The run folder of an experiment's tiny case (with `settings` changed), run here in its own `out`."""
-    results = getattr(ticketlab, experiment)(**{**CASES[experiment], **settings}, out=str(out), progress=False)
+    results = ticketlab._run(experiment, None, str(out), False, False, {**CASES[experiment], **settings})
     assert len(results)
     (folder,) = out.glob(f"{experiment}-*")
     return folder
@@ -45,6 +49,8 @@ def runs(tmp_path_factory):
     out = tmp_path_factory.mktemp("runs")
     folders = {name: folder_of(out / name, name) for name in CASES}
     folders["lottery-0.5"] = folder_of(out / "lottery-0.5", "lottery", prune_fraction=0.5)
+    # its IMP rows from the first lottery run (--compare), the other's tickets overlaid in the report
+    folders["prune-at-init"] = folder_of(out / "prune-at-init", "prune-at-init", compare=str(folders["lottery"]))
     return folders
 
 
@@ -89,6 +95,36 @@ def test_report_compares_every_kind_on_shared_axes(run_cli, tmp_path, runs):
     # the two lottery runs are named by the setting in which their specs differ
     assert "prune_fraction=0.5" in page and "prune_fraction=0.2" in page
     assert page.count("<tr><td>") >= 7   # one summary row per run
+
+
+def test_report_of_prune_at_init_and_lr_range(run_cli, tmp_path, runs):
+    """The two sections, from real runs: pruning at init with its controls, the --compare IMP rows and another
+    lottery run's tickets overlaid; the LR range curves with the suggested rates as lines and a table."""
+    from PIL import Image
+
+    page = make(run_cli, tmp_path, runs["prune-at-init"], runs["lr-range"], runs["lottery-0.5"])
+    assert_self_contained(page)
+    for text in ("Pruning at initialisation", "Test accuracy vs % weights remaining", "Training curves per method",
+                 "LR range test", "Loss vs learning rate", "Suggested learning rates", "geometric mean",
+                 "snip at 20% weights", "dense ", "suggested lr "):
+        assert text in page, text
+    assert 'class="notdrawn"' not in page, re.findall(r'class="notdrawn">([^<]*)', page)
+    assert 'class="missing"' not in page
+    # the suggested rates of the table are those of summary.json
+    summary = Unit(runs["lr-range"]).read("summary.json")
+    assert f"{summary['max_lr']:.4g}" in page and f"{summary['min_lr']:.4g}" in page
+    # pruning at init: its own figure, the lr range figure, the training curves, the lottery's own four
+    sizes = [Image.open(io.BytesIO(base64.b64decode(d))).size for d in re.findall(r'src="data:image/png;base64,([^"]+)"', page)]
+    assert len(sizes) == 3 + 4, sizes
+    # an unfinished lr-range run: the rates of its finished seeds (no summary.json yet)
+    partial = tmp_path / runs["lr-range"].name
+    shutil.copytree(runs["lr-range"], partial)
+    for name in ("results.csv", "results.json", "summary.json"):
+        (partial / name).unlink()
+    page = make(run_cli, tmp_path, partial, name="partial.html")
+    assert_self_contained(page)
+    assert "geometric mean (finished seeds)" in page and "Loss vs learning rate" in page
+    assert 'class="notdrawn"' not in page
 
 
 def test_report_of_unfinished_runs_says_what_is_missing(run_cli, tmp_path, runs):
@@ -143,7 +179,8 @@ def test_forget_runs_are_read_from_their_method_and_generation_columns(run_cli, 
 def test_json_and_csv_figures_need_no_torch(tmp_path, runs, cli_env):
     """Run folders whose figures come from JSON and CSV files only are reported without importing torch."""
     target = tmp_path / "r.html"
-    paths = [str(runs[k]) for k in ("lottery", "lottery-0.5", "deconstruct", "supermask", "stability", "earlybird")]
+    paths = [str(runs[k]) for k in ("lottery", "lottery-0.5", "deconstruct", "supermask", "stability", "earlybird",
+                                    "prune-at-init", "lr-range")]
     code = (f"import sys; from ticketlab import cli; rc = cli.main(['report', *{paths!r}, '--out', {str(target)!r}]); "
             f"assert rc == 0, rc; assert 'torch' not in sys.modules, 'torch imported'")
     done = subprocess.run([sys.executable, "-c", code], env=cli_env, capture_output=True, text=True, timeout=300)

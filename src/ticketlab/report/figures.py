@@ -42,7 +42,10 @@ def _sparsity_axis(ax, xs: list[float]) -> None:
         return
     ax.set_xscale("log")
     ax.invert_xaxis()
-    ticks = sorted({round(x, 1) for x in xs if x > 0}, reverse=True)
+    ticks = []
+    for t in sorted({round(x, 1) for x in xs if x > 0}, reverse=True):
+        if not ticks or ticks[-1] / t > 1.08:   # labels of nearly equal values (runs of other rates) would overlap
+            ticks.append(t)
     if len(ticks) > 12:
         ticks = ticks[:: max(len(ticks) // 10, 1)]
     ax.set_xticks(ticks)
@@ -447,3 +450,85 @@ def curves(runs: list[tuple[str, dict[str, list[tuple[float, float, float]]]]], 
     if not ax.get_lines():
         _empty(ax, "no finished point yet")
     return plots._finish(fig, ax, xlabel, ylabel, title, legend=7)
+
+
+# ------------------------------------------------------------------------------------- pruning at init
+AT_INIT_ARMS = {"pruned": ("-", "o"), "reshuffle": ((0, (5, 2)), "v"), "reinit": ((0, (2, 1.5)), "s")}
+TICKET_SHADES = ("dimgray", "darkgray", "lightslategray", "silver")   # --compare's IMP curve is the black one
+
+
+def at_init(runs: list[tuple[str, dict[tuple[str, str], list[tuple[float, float, float, int]]], float | None]],
+            tickets: list[tuple[str, list[tuple[float, float, float, int]]]], title: str) -> bytes:
+    """Pruning at initialisation (Frankle et al. 2021, Fig. 1 style): test accuracy vs % weights remaining (log x,
+    decreasing), a colour per method (and run), the pruned network solid, its controls dashed in the method's
+    colour (reshuffle long dashes, reinit short), mean over seeds with a band of one std; the IMP tickets of the
+    run's `--compare` (method `imp`) dashed black, each run's dense network a horizontal line, and the tickets of
+    lottery runs (`tickets`) solid in greys. `runs`: [(label, {(method, arm): [(weights_remaining, mean, std, n)]},
+    dense mean or None)]; `tickets`: [(label, [(weights_remaining, mean, std, n)])]."""
+    fig, ax = plt.subplots(figsize=(6.8, 4.4))
+    several = len(runs) > 1
+    xs: list[float] = []
+    colours: dict = {}
+
+    def draw(points, color, ls, marker, label, lw=1.5, band=0.18):
+        points = sorted((p for p in points if p[3] and p[0] is not None and not math.isnan(p[1])), key=lambda p: -p[0])
+        if not points:
+            return
+        x, mean, std = [100 * p[0] for p in points], [100 * p[1] for p in points], [100 * p[2] for p in points]
+        xs.extend(x)
+        ax.plot(x, mean, color=color, ls=ls, marker=marker, ms=4, lw=lw, label=label)
+        _band(ax, x, mean, std, color, alpha=band)
+
+    for i, (run, curves, dense) in enumerate(runs):
+        for (method, arm), points in curves.items():
+            if method == "imp":
+                draw(points, "black", "--", ".", _label(run, "IMP tickets (--compare)"), lw=1.4, band=0.1)
+                continue
+            color = colours.setdefault((i, method), f"C{len(colours) % 10}")
+            ls, marker = AT_INIT_ARMS.get(arm, ("-.", "x"))
+            name = method + ("" if arm == "pruned" else f" ({arm})")
+            draw(points, color, ls, marker, _label(run, name), lw=1.6 if arm == "pruned" else 1.1,
+                 band=0.18 if arm == "pruned" else 0.08)
+        if dense is not None and not math.isnan(dense):
+            ax.axhline(100 * dense, color=f"C{i % 10}" if several else "gray", ls="--", lw=1, alpha=0.7,
+                       label=_label(run, f"dense ({100 * dense:.1f}%)"))
+    for k, (run, points) in enumerate(tickets):
+        draw(points, TICKET_SHADES[k % len(TICKET_SHADES)], "-", "*", _label(run, "IMP ticket (lottery)"), lw=1.3, band=0.1)
+    if not xs:
+        _empty(ax, "no finished points yet")
+    _sparsity_axis(ax, xs)
+    return plots._finish(fig, ax, "% weights remaining", "test accuracy (%)", title, legend=6)
+
+
+# ------------------------------------------------------------------------------------------ LR range
+def lr_range(runs: list[tuple[str, dict[int, list[tuple[float, float | None, float | None]]], dict]], title: str) -> bytes:
+    """The LR range test (Smith 2017): training loss vs learning rate (log x), smoothed (line) and raw (faint)
+    per seed, and vertical lines at the suggested min_lr (steepest descent, dashed) and max_lr (lowest smoothed
+    loss, dotted). One run: a colour per seed, the lines green and red; several: a colour per run, a line style
+    per seed. `runs`: [(label, {seed: [(lr, loss, smoothed loss)]}, {"min_lr": ..., "max_lr": ...})]."""
+    fig, ax = plt.subplots(figsize=(6.8, 4.4))
+    several = len(runs) > 1
+    smoothed: list[float] = []
+    for i, (run, seeds, marks) in enumerate(runs):
+        for j, (seed, points) in enumerate(seeds.items()):
+            color = f"C{i % 10}" if several else f"C{j % 10}"
+            ls = LINESTYLES[j % len(LINESTYLES)] if several else "-"
+            raw = [(lr, loss) for lr, loss, _ in points if loss is not None and math.isfinite(loss) and lr > 0]
+            kept = [(lr, s) for lr, _, s in points if s is not None and math.isfinite(s) and lr > 0]
+            if raw:
+                ax.plot([p[0] for p in raw], [p[1] for p in raw], color=color, ls=ls, alpha=0.2, lw=0.7)
+            if kept:
+                ax.plot([p[0] for p in kept], [p[1] for p in kept], color=color, ls=ls, lw=1.5,
+                        label=_label(run, f"seed {seed} (smoothed)"))
+                smoothed += [p[1] for p in kept]
+        for key, ls, single in (("min_lr", "--", "tab:green"), ("max_lr", ":", "tab:red")):
+            v = marks.get(key)
+            if isinstance(v, (int, float)) and v > 0 and math.isfinite(v):
+                ax.axvline(v, color=f"C{i % 10}" if several else single, ls=ls, lw=1.2,
+                           label=_label(run, f"{key} {v:.2g}"))
+    if not smoothed:
+        _empty(ax, "no finished seed yet")
+    else:   # the exploding tail (raw losses) would flatten everything else
+        ax.set_xscale("log")
+        ax.set_ylim(min(smoothed) * 0.9, max(smoothed) * 1.3)
+    return plots._finish(fig, ax, "learning rate", "training loss", title, legend=7)

@@ -31,7 +31,9 @@ from . import gather
 
 MAX_POINTS = 8     # a sweep of more points gets its sweep figures only (the points' figures would be unreadable)
 MAX_PANELS = 6     # training-curve panels (one per run)
-KINDS = ("lottery", "deconstruct", "supermask", "lca", "stability", "earlybird", "forget", "referential", "sparse-train")
+KINDS = ("lottery", "deconstruct", "supermask", "lca", "stability", "earlybird", "forget", "referential", "sparse-train",
+         "prune-at-init", "lr-range")
+WITH_TICKETS = ("sparse-train", "prune-at-init")   # sections that draw the lottery runs' tickets of the report too
 
 
 # ------------------------------------------------------------------------------------------- reading
@@ -238,12 +240,14 @@ def level_of(parts: tuple[str, ...]) -> int | None:
 
 
 class Section:
-    """One experiment kind's part of the page: figures (title, PNG or None, caption) and notes."""
+    """One experiment kind's part of the page: figures (title, PNG or None, caption), notes and small tables
+    (title, rows)."""
 
     def __init__(self, title: str):
         self.title = title
         self.figures: list[tuple[str, bytes | None, str]] = []
         self.notes: list[str] = []
+        self.tables: list[tuple[str, list[dict]]] = []
 
     def figure(self, title: str, make: Callable[[], bytes], caption: str = "") -> None:
         """Draw a figure; a figure that cannot be drawn from what the runs hold says so instead of the page failing."""
@@ -773,7 +777,9 @@ def referential_section(runs: list[RunFolder]) -> Section:
 SWEEP_METRICS = {"lottery": ("test_accuracy", "best_accuracy", "early_stop_accuracy"), "deconstruct": ("test_accuracy",),
                  "supermask": ("test_accuracy",), "lca": ("test_accuracy", "relative_error", "fraction_helped"),
                  "stability": ("error_barrier", "test_accuracy"), "earlybird": ("test_accuracy", "flops_vs_full"),
-                 "forget": ("test_accuracy",), "referential": ("topographic_similarity", "accuracy")}
+                 "forget": ("test_accuracy",), "referential": ("topographic_similarity", "accuracy"),
+                 "sparse-train": ("test_accuracy",), "prune-at-init": ("test_accuracy",),
+                 "lr-range": ("suggested_lr", "max_lr")}
 
 
 def sweep_section(sweep: SweepFolder) -> Section:
@@ -868,10 +874,148 @@ def sparse_train_section(runs: list[RunFolder], tickets: list[RunFolder] = ()) -
     return sec
 
 
+# ----------------------------------------------------------------------------------- prune-at-init
+def _ticket_points(r: RunFolder) -> tuple[list, float | None]:
+    """A lottery run's winning tickets [(weights_remaining, mean, std, n)] by level, and its dense accuracy."""
+    g = grouped(r.rows, ("arm", "level"), "test_accuracy")
+    wr = {(row.get("arm"), row.get("level")): row.get("weights_remaining") for row in r.rows}
+    dense = g.get(("ticket", 0))
+    return [(wr.get(key), *mean_std(vals), len(vals)) for key, vals in g.items() if key[0] == "ticket"], \
+        (mean_std(dense)[0] if dense else None)
+
+
+def compared_run(r: RunFolder) -> Path | None:
+    """The lottery run folder a finished prune-at-init run compared with (`--compare`), from its summary.json."""
+    summary = r.run_file("summary.json") if not r.partial else None
+    run = (summary.get("compare") or {}).get("run") if isinstance(summary, dict) else None
+    return Path(run).resolve() if isinstance(run, str) and run else None
+
+
+def prune_at_init_section(runs: list[RunFolder], tickets: list[RunFolder] = ()) -> Section:
+    """SNIP, GraSP, SynFlow, random and magnitude at initialisation against weights remaining, with their controls,
+    the IMP tickets the run compared with (`--compare`) and those of the lottery runs of the same report."""
+    from .figures import at_init, training_curves
+
+    sec = Section("Pruning at initialisation (SNIP, GraSP, SynFlow, random, magnitude)")
+    what = title_of(runs)
+    compared = {c for c in (compared_run(r) for r in runs) if c is not None}
+    # a lottery run some run compared with is drawn once, as that run's dashed IMP curve
+    others = [t for t in tickets if t.path.resolve() not in compared]
+
+    def accuracy():
+        data = []
+        for r in runs:
+            g = grouped(r.rows, ("method", "arm", "density", "level"), "test_accuracy")
+            kept = grouped(r.rows, ("method", "arm", "density", "level"), "weights_remaining")
+            curves: dict[tuple[str, str], list] = {}
+            dense = None
+            for (method, arm, density, level), vals in g.items():
+                if method == "dense":
+                    dense = mean_std(vals)[0]
+                    continue
+                x = mean_std(kept[(method, arm, density, level)])[0] if kept.get((method, arm, density, level)) else density
+                curves.setdefault((method, arm), []).append((x, *mean_std(vals), len(vals)))
+            data.append((r.label, curves, dense))
+        lines = []
+        for t in others:
+            points, _ = _ticket_points(t)
+            lines.append((t.label or t.name, points))
+        return at_init(data, lines, f"{what}: pruning at initialisation" + (" and IMP tickets" if others else ""))
+
+    sec.figure("Test accuracy vs % weights remaining", accuracy,
+               "Frankle et al. 2021 Fig. 1 style: mean over seeds (line) and one standard deviation (band) at the weights "
+               "remaining of each method's masks, a colour per method; its controls dashed in the method's colour "
+               "(reshuffle: each layer's mask permuted, long dashes; reinit: the same mask on a fresh init, short dashes); "
+               "the IMP tickets of the lottery run given to --compare dashed black, the dense network a horizontal line, "
+               "and the winning tickets of other lottery runs in this report solid grey.")
+
+    def curves_per_method():
+        panels = []
+        for r in runs:
+            by: dict[str, dict[str, list]] = {}
+            dense = []
+            for parts, m in r.unit_files("metrics.jsonl"):
+                if not isinstance(m, list):
+                    continue
+                if parts[-1] == "dense":
+                    dense.append(m)
+                elif len(parts) == 4:   # seed-S/METHOD/density-D/ARM
+                    by.setdefault(parts[1], {}).setdefault(f"{parts[2][len('density-'):]} {parts[3]}", []).append(m)
+            for method, groups in by.items():
+                if len(panels) >= MAX_PANELS:
+                    break
+                name = ", ".join(x for x in (r.label, method) if x)
+                curves = {"dense": metric_curves(dense)} if dense else {}
+                arms = ("pruned", "reshuffle", "reinit")
+                for key in sorted(groups, key=lambda k: (-float(k.split()[0]), arms.index(k.split()[1])
+                                                         if k.split()[1] in arms else len(arms), k)):
+                    curves[f"{100 * float(key.split()[0]):g}% {key.split()[1]}"] = metric_curves(groups[key])
+                panels.append((name, curves))
+        if not panels:
+            raise ValueError("no finished unit with metrics.jsonl yet")
+        return training_curves(panels, f"{what}: training curves per method")
+
+    sec.figure("Training curves per method", curves_per_method,
+               f"Test accuracy while each unit trains, mean over seeds, a panel per method (up to {MAX_PANELS}): the dense "
+               "network and each density's pruned network and controls.")
+    return sec
+
+
+# ---------------------------------------------------------------------------------------- lr-range
+def _geomean(values) -> float | None:
+    values = [float(v) for v in values if isinstance(v, (int, float)) and not isinstance(v, bool) and v > 0]
+    return math.exp(sum(math.log(v) for v in values) / len(values)) if values else None
+
+
+def lr_suggestions(r: RunFolder) -> dict:
+    """The run's suggested rates: its summary.json (the geometric means over seeds), else those of its finished seeds."""
+    summary = r.run_file("summary.json") if not r.partial else None
+    if isinstance(summary, dict) and summary.get("min_lr"):
+        return {k: summary.get(k) for k in ("suggested_lr", "min_lr", "max_lr")}
+    return {k: _geomean(x.get(k) for x in r.rows) for k in ("suggested_lr", "min_lr", "max_lr")}
+
+
+def lr_range_section(runs: list[RunFolder]) -> Section:
+    from .figures import lr_range
+
+    sec = Section("LR range test")
+    what = title_of(runs)
+
+    def make():
+        data = []
+        for r in runs:
+            seeds = {}
+            for parts, rows in r.unit_files("curve.jsonl"):
+                if isinstance(rows, list):
+                    seeds[seed_of(parts)] = [(number(x.get("lr")), number(x.get("loss")), number(x.get("smoothed_loss")))
+                                             for x in rows if isinstance(x, dict) and isinstance(number(x.get("lr")), (int, float))]
+            data.append((r.label, seeds, lr_suggestions(r)))
+        return lr_range(data, f"{what}: LR range test")
+
+    sec.figure("Loss vs learning rate", make,
+               "Smith 2017: training loss while the rate rises each step, smoothed (bias-corrected moving average, line) "
+               "and raw (faint), one curve per seed up to where the smoothed loss diverged; vertical lines at the "
+               "suggested min_lr (steepest descent, dashed) and max_lr (lowest smoothed loss, dotted), the geometric "
+               "means over seeds of summary.json.")
+    table = []
+    for r in runs:
+        for x in sorted(r.rows, key=lambda x: str(x.get("seed"))):
+            table.append({"run": r.label or r.name, "seed": x.get("seed"), "optimizer": x.get("optimizer"),
+                          "suggested_lr": x.get("suggested_lr"), "min_lr": x.get("min_lr"), "max_lr": x.get("max_lr"),
+                          "stopped_early": x.get("stopped_early"), "steps_run": x.get("steps_run")})
+        if len(r.rows) > 1 or r.partial:
+            table.append({"run": r.label or r.name, "seed": "geometric mean" + (" (finished seeds)" if r.partial else ""),
+                          **lr_suggestions(r)})
+    if table:
+        sec.tables.append(("Suggested learning rates", table))
+    return sec
+
+
 SECTIONS = {"lottery": lottery_section, "deconstruct": deconstruct_section, "supermask": supermask_section,
             "lca": lca_section, "stability": stability_section, "earlybird": earlybird_section,
             "forget": forget_section, "referential": referential_section,
-            "sparse-train": sparse_train_section}
+            "sparse-train": sparse_train_section, "prune-at-init": prune_at_init_section,
+            "lr-range": lr_range_section}
 
 
 # ----------------------------------------------------------------------------------------- summary
@@ -892,6 +1036,15 @@ def headline(r: RunFolder) -> str:
         if r.kind == "sparse-train":
             g = grouped(rows, ("method", "density"), "test_accuracy")
             return "; ".join(f"{m} at {100 * d:g}% weights {pct(mean_std(v)[0])}" for (m, d), v in g.items())
+        if r.kind == "prune-at-init":
+            g = grouped([x for x in rows if x.get("arm") in ("pruned", "dense")], ("method", "density"), "test_accuracy")
+            dense = g.pop(("dense", 1.0), None)
+            return "; ".join([f"dense {pct(mean_std(dense)[0])}"] * bool(dense)
+                             + [f"{m} at {100 * d:g}% weights {pct(mean_std(v)[0])}" for (m, d), v in g.items()])
+        if r.kind == "lr-range":
+            s = lr_suggestions(r)
+            return (f"suggested lr {s['suggested_lr']:.3g}, range {s['min_lr']:.3g} to {s['max_lr']:.3g}"
+                    + (" (geometric mean over seeds)" if len(rows) > 1 else "")) if s.get("max_lr") else ""
         if r.kind == "supermask":
             acc = grouped(rows, (), "test_accuracy").get((), [])
             kept = grouped(rows, (), "weights_remaining").get((), [])
@@ -1024,8 +1177,8 @@ def render(paths: list[str]) -> str:
     for kind in KINDS:
         group = [r for r in runs if r.kind == kind]
         if group:
-            sections.append(SECTIONS[kind](group) if kind != "sparse-train"
-                            else sparse_train_section(group, [r for r in runs if r.kind == "lottery"]))
+            sections.append(SECTIONS[kind](group) if kind not in WITH_TICKETS
+                            else SECTIONS[kind](group, [r for r in runs if r.kind == "lottery"]))
     for k, sec in enumerate(sections):
         out.append(f'<h2 id="section-{k}">{esc(sec.title)}</h2>')
         for note in sec.notes:
@@ -1036,6 +1189,8 @@ def render(paths: list[str]) -> str:
             if png and caption:
                 out.append(f"<figcaption>{esc(caption)}</figcaption>")
             out.append("</figure>")
+        for title, rows in sec.tables:
+            out.append(f"<h3>{esc(title)}</h3>{rows_table(rows)}")
     for r in [*sweeps, *runs]:
         if r.rows:
             out.append(f"<details><summary>Rows of {esc(r.name)} ({len(r.rows)}{', finished units only' if r.partial else ''})"
