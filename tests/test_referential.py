@@ -235,3 +235,14 @@ def test_sigkill_mid_game_then_resume_gives_identical_numbers(tmp_path, python, 
     assert (ref_dir / "results.csv").read_bytes() == (run_dir / "results.csv").read_bytes()
     rel = "seed-0/partial-forget/curve.jsonl"
     assert (ref_dir / rel).read_bytes() == (run_dir / rel).read_bytes()
+
+
+@pytest.mark.parametrize("argv, ignored", [
+    (["--task", "referential-game", "--lr", "0.1"], "--lr"),
+    (["--task", "referential-game", "--methods", "llf", "--dataset", "synthetic"], "--dataset"),
+    (["--game-steps", "100"], "--game-steps"),
+])
+def test_a_setting_of_the_other_task_is_refused_not_ignored(tmp_path, run_cli, argv, ignored):
+    code, out, err = run_cli("forget", *argv, "--out", tmp_path / "out")
+    assert code == 2 and len(err.strip().splitlines()) == 1 and ignored in err
+    assert not (tmp_path / "out").exists()

@@ -78,6 +78,21 @@ class ForgetSpec:
     def validate(self) -> None:
         self.game.check()
         fo = self.forget
+        self.check_task()
         if fo.probe == "targeted" and fo.groups == "labels" and self.data.random_labels == 0:
             raise UserError("--probe targeted with --groups labels needs mislabeled examples: give --random-labels "
                             "(e.g. 0.1), or use --groups margin")
+
+    def check_task(self) -> None:
+        """Each task uses its own settings: a setting of the other task, given, would be ignored: refuse it."""
+        from ..spec import settings_of
+
+        own = {"referential-game": ("game",), "classify": ("data", "model", "train", "forget", "operation")}[self.forget.task]
+        ignored = [s.flag for s in settings_of(type(self))
+                   if s.hashed and s.group not in own and s.name != "task"
+                   and getattr(getattr(self, s.group), s.name) != s.default]
+        if ignored:
+            raise UserError(f"--task {self.forget.task} does not use {', '.join(ignored)}; leave "
+                            f"{'it' if len(ignored) == 1 else 'them'} unset (the game has its own --game-* settings; "
+                            f"the classification task uses the others)")
+
