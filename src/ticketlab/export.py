@@ -3,7 +3,8 @@
 File format (`ticketlab-ticket`, version 1): one plain safetensors file (no pickle), readable by any
 safetensors reader.
 
-- Every pruned weight (a Linear or Conv weight whose mask drops some entries) is stored in compressed sparse row form over
+- Every pruned weight (a Linear or Conv weight whose mask drops enough entries that this is smaller than dense:
+  below about two thirds kept; else it is stored dense, zeros included) is stored in compressed sparse row form over
   its 2-D view [out, in * kernel...] (a conv kernel [out, in, k, k] is flattened to [out, in*k*k]):
   `<name>.crow_indices` (int32, out + 1 row offsets), `<name>.col_indices` (int16 when the row has at most
   32767 columns, else int32; sorted within each row) and `<name>.values` (float32, the kept weights in
@@ -259,11 +260,13 @@ def _csr(weight: torch.Tensor, keep: torch.Tensor) -> dict[str, torch.Tensor]:
 def ticket_tensors(state: dict[str, torch.Tensor], mask: dict[str, torch.Tensor] | None,
                    csr_all: bool = False) -> tuple[dict, dict]:
     """(tensors to store, `sparse` metadata) of a network's weights `state` and its mask (None: all dense). A
-    layer whose mask keeps every weight is stored dense unless `csr_all`."""
+    masked layer is stored in CSR where that is smaller than dense (below about two thirds of its weights
+    kept), else dense (its pruned weights are zeros there); `csr_all`: CSR for every masked layer."""
     tensors, sparse = {}, {}
     for name, value in state.items():
-        if mask is not None and name in mask and (csr_all or not bool(mask[name].all())):
-            for part, t in _csr(value, mask[name]).items():
+        parts = _csr(value, mask[name]) if mask is not None and name in mask else None
+        if parts is not None and (csr_all or sum(t.nbytes for t in parts.values()) < value.numel() * value.element_size()):
+            for part, t in parts.items():
                 tensors[f"{name}.{part}"] = t
             sparse[name] = {"shape": list(value.shape)}
         else:
