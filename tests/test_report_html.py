@@ -86,6 +86,22 @@ def test_report_of_one_lottery_run(run_cli, tmp_path, runs):
     assert 'class="missing"' not in page   # a finished run misses nothing
 
 
+def test_report_of_a_lottery_run_with_lca(run_cli, tmp_path):
+    """`lottery --lca true`: the lottery section adds the helped share vs % weights remaining (every arm) and, for
+    the ticket's first, middle and last levels, the LCA per layer and step and the helped / hurt shares."""
+    folder = folder_of(tmp_path / "runs", "lottery", steps="20it", seeds=(0,), lca=True)
+    page = make(run_cli, tmp_path, folder)
+    assert_self_contained(page)
+    lottery = page.split('<h2 id="section-0">')[1]
+    for text in ("Lottery tickets", "LCA: parameters helping vs % weights remaining", "LCA per layer and per step by level",
+                 "Helped / hurt shares by level"):
+        assert text in lottery, text
+    assert "Loss Change Allocation" not in page   # no `lca` run: its section is not there
+    assert 'class="notdrawn"' not in page, re.findall(r'class="notdrawn">([^<]*)', page)
+    assert 'class="missing"' not in page
+    assert len(re.findall(r'src="data:image/png;base64,', page)) == 4 + 3
+
+
 def test_report_compares_every_kind_on_shared_axes(run_cli, tmp_path, runs):
     page = make(run_cli, tmp_path, *runs.values())
     assert_self_contained(page)

@@ -309,7 +309,7 @@ def lca_totals(runs: list[tuple[str, dict[str, tuple[float, float]]]], title: st
 
 
 def helped_share(runs: list[tuple[str, list[int], list[float], list[float]]], layer_shares: list[tuple[str, dict[str, float]]],
-                 title: str) -> bytes:
+                 title: str, numbered: str = "run") -> bytes:
     """Left: % of parameters helping (LCA < 0) at each step, mean over seeds with a band (Lan et al.: just over
     half). Right, where the per-parameter totals were read: per layer, the shares of parameters whose total LCA
     helped / hurt. `runs`: [(label, steps, mean, std)]; `layer_shares`: [(label, {layer: share helped})]."""
@@ -347,7 +347,7 @@ def helped_share(runs: list[tuple[str, list[int], list[float], list[float]]], la
         a2.set_ylabel("% of the layer's parameters (total LCA)")
         a2.set_ylim(0, 108)
         a2.legend(fontsize=7, loc="lower right")
-        a2.set_title("bars numbered by run" if len(layer_shares) > 1 else "", fontsize=7)
+        a2.set_title(f"bars numbered by {numbered}" if len(layer_shares) > 1 else "", fontsize=7)
     fig.suptitle(title, fontsize=10)
     fig.tight_layout()
     return plots._png(fig)

@@ -9,8 +9,8 @@ overlaid on shared axes (a colour per run, the legend naming the settings in whi
 Everything is read through the store's checks: a unit's file is used only if its manifest lists it with the
 same size and SHA-256 (`store.Unit.read`), never unpickled; an unfinished run shows what its finished units
 hold (`report.gather`) and says what is missing. JSON and CSV figures need no torch; the LCA heat map and
-per-layer helped/hurt shares (tensors of `lca.safetensors`) and the mask distances of an unfinished
-early-bird search (`search.safetensors`) import it.
+per-layer helped/hurt shares (tensors of `lca.safetensors`, of `lca` runs and of lottery runs made with
+`--lca true`) and the mask distances of an unfinished early-bird search (`search.safetensors`) import it.
 """
 
 from __future__ import annotations
@@ -265,22 +265,28 @@ def title_of(runs: list[RunFolder]) -> str:
 
 
 # ----------------------------------------------------------------------------------------- lottery
+def per_arm_vs_sparsity(runs: list[RunFolder], metric: str) -> list:
+    """[(run label, {arm: [(weights remaining, mean, std, n) per level]}, the dense network's mean)] of a
+    lottery-like metric, for `figures.accuracy_vs_sparsity`."""
+    data = []
+    for r in runs:
+        g = grouped(r.rows, ("arm", "level"), metric)
+        wr = {(row.get("arm"), row.get("level")): row.get("weights_remaining") for row in r.rows}
+        curves: dict[str, list] = {}
+        for (arm, level), vals in g.items():
+            curves.setdefault(arm, []).append((wr.get((arm, level)), *mean_std(vals), len(vals)))
+        dense = g.get(("ticket", 0))
+        data.append((r.label, curves, mean_std(dense)[0] if dense else None))
+    return data
+
+
 def lottery_section(runs: list[RunFolder]) -> Section:
     sec = Section("Lottery tickets (iterative magnitude pruning)")
     what = title_of(runs)
 
     def accuracy():
-        data = []
-        for r in runs:
-            g = grouped(r.rows, ("arm", "level"), "test_accuracy")
-            wr = {(row.get("arm"), row.get("level")): row.get("weights_remaining") for row in r.rows}
-            curves: dict[str, list] = {}
-            for (arm, level), vals in g.items():
-                curves.setdefault(arm, []).append((wr.get((arm, level)), *mean_std(vals), len(vals)))
-            dense = g.get(("ticket", 0))
-            data.append((r.label, curves, mean_std(dense)[0] if dense else None))
         from .figures import accuracy_vs_sparsity
-        return accuracy_vs_sparsity(data, f"{what}: test accuracy vs weights remaining")
+        return accuracy_vs_sparsity(per_arm_vs_sparsity(runs, "test_accuracy"), f"{what}: test accuracy vs weights remaining")
 
     def early():
         data = []
@@ -303,7 +309,80 @@ def lottery_section(runs: list[RunFolder]) -> Section:
                "Test accuracy of the winning ticket while it trains, one curve per level (mean over seeds).")
     sec.figure("Per-layer sparsity", lambda: layer_sparsity_of(runs, "ticket", what),
                "Share of each layer's weights the ticket keeps at each level (sparsity.json of the first seed).")
+    lca_runs = [r for r in runs if flat_spec(r.record).get("lca") is True]
+    if lca_runs:
+        lottery_lca_figures(sec, lca_runs, what)
     return sec
+
+
+def _lca_levels(levels: list[int]) -> list[int]:
+    """The levels whose LCA is drawn per layer: the first, the middle and the last."""
+    levels = sorted(levels)
+    return sorted({levels[0], levels[len(levels) // 2], levels[-1]}) if levels else []
+
+
+def _level_name(r: RunFolder, level: int) -> str:
+    wr = [row.get("weights_remaining") for row in r.rows if row.get("level") == level and isinstance(row.get("weights_remaining"), float)]
+    return f"level {level}" + (f" ({100 * wr[0]:.1f}%)" if wr else "")
+
+
+def lottery_lca_figures(sec: Section, runs: list[RunFolder], what: str) -> None:
+    """A lottery run made with `--lca true` records Loss Change Allocation in every unit: the share of parameters
+    that helped against % weights remaining (every arm, from the rows), and for the ticket's first, middle and
+    last levels the LCA per layer and step and the helped / hurt shares (first seed; the per-layer shares read
+    `lca.safetensors`, so import torch)."""
+    from .figures import accuracy_vs_sparsity, helped_share, lca_layers
+
+    def helped():
+        return accuracy_vs_sparsity(per_arm_vs_sparsity(runs, "lca_fraction_helped"),
+                                    f"{what}: parameters helping (LCA < 0) vs weights remaining",
+                                    ylabel="% parameters helping (LCA < 0)")
+
+    def steps_by_level(r: RunFolder) -> dict[int, list[tuple[tuple[str, ...], list[dict]]]]:
+        by_level = _level_units(r, "lca_steps.csv", "ticket")
+        return {level: sorted(((p, [{k: number(v) for k, v in row.items()} for row in t]) for p, t in units
+                               if isinstance(t, list) and t), key=lambda u: seed_of(u[0]) or 0)
+                for level, units in by_level.items()}
+
+    def layers(r: RunFolder):
+        tables = steps_by_level(r)
+        data = []
+        for level in _lca_levels([lv for lv, units in tables.items() if units]):
+            parts, table = tables[level][0]
+            names = [c[4:-1] for c in table[0] if c.startswith("lca[")]
+            data.append((f"{_level_name(r, level)}, seed {seed_of(parts)}", [row["step"] for row in table],
+                         {n: [row[f"lca[{n}]"] for row in table] for n in names}))
+        return lca_layers(data, f"{what}: ticket's LCA per layer by level" + (f" ({r.label})" if r.label else ""))
+
+    def shares(r: RunFolder):
+        tables = steps_by_level(r)
+        data, layer_shares = [], []
+        for level in _lca_levels([lv for lv, units in tables.items() if units]):
+            by: dict[int, list[float]] = {}
+            for _, table in tables[level]:
+                for row in table:
+                    by.setdefault(row["step"], []).append(float(row["fraction_helped"]))
+            steps = sorted(by)
+            ms = [mean_std(by[s]) for s in steps]
+            data.append((_level_name(r, level), steps, [m for m, _ in ms], [s for _, s in ms]))
+            got = unit_helped(Unit(r.path.joinpath(*tables[level][0][0])))
+            if got:
+                layer_shares.append((_level_name(r, level), got))
+        return helped_share(data, layer_shares, f"{what}: ticket's parameters helping and hurting by level"
+                            + (f" ({r.label})" if r.label else ""), numbered="level (first, middle, last)")
+
+    sec.figure("LCA: parameters helping vs % weights remaining", helped,
+               "Lan et al. 2019 on the tickets (--lca true): share of parameters whose LCA is negative over training "
+               "(lca_fraction_helped), mean over seeds with a band of one std, per arm; the dense network dashed.")
+    for r in runs[:MAX_PANELS]:
+        suffix = f" ({r.label})" if r.label else ""
+        sec.figure("LCA per layer and per step by level" + suffix, lambda r=r: layers(r),
+                   "The ticket's first, middle and last levels (line style), first finished seed: each layer's share "
+                   "of the loss change at each step (left) and summed (right; below zero helps).")
+        sec.figure("Helped / hurt shares by level" + suffix, lambda r=r: shares(r),
+                   "The ticket's first, middle and last levels: share of parameters whose LCA is negative at each step "
+                   "(mean over seeds), and per layer the share whose total LCA helped (blue) or hurt (red), first seed; "
+                   "bars numbered by level in that order.")
 
 
 def _level_units(r: RunFolder, name: str, arm: str) -> dict[int, list[tuple[tuple[str, ...], object]]]:
@@ -536,14 +615,25 @@ def _lca_unit(r: RunFolder) -> Unit | None:
 def per_layer_helped(r: RunFolder) -> dict[str, float] | None:
     """Per layer, the share of parameters whose total LCA is negative (from `lca.safetensors`; imports torch)."""
     unit = _lca_unit(r)
-    if unit is None:
+    return None if unit is None else unit_helped(unit)
+
+
+def unit_helped(unit: Unit) -> dict[str, float] | None:
+    """Per layer, the share of parameters whose total LCA is negative in one unit's `lca.safetensors`
+    (imports torch). A pruned network's weights that its `mask.safetensors` removes (LCA 0) are not counted."""
+    m = unit.manifest()
+    if not m or "lca.safetensors" not in m["files"]:
         return None
     tensors = unit.read("lca.safetensors")
+    mask = unit.read("mask.safetensors") if "mask.safetensors" in m["files"] else {}
     out: dict[str, list] = {}
     for key, t in tensors.items():
         if key.startswith("total."):
-            layer = key[len("total."):].rsplit(".", 1)[0]
-            n = out.setdefault(layer, [0, 0])
+            name = key[len("total."):]
+            kept = mask.get(name)
+            if kept is not None and kept.shape == t.shape:
+                t = t[kept.bool()]
+            n = out.setdefault(name.rsplit(".", 1)[0], [0, 0])
             n[0] += int((t < 0).sum())
             n[1] += t.numel()
     order = unit.read("lca_layers.json").get("layers", [])
