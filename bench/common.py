@@ -95,3 +95,21 @@ def median(values: list[float]) -> float:
     s = sorted(values)
     n = len(s)
     return s[n // 2] if n % 2 else (s[n // 2 - 1] + s[n // 2]) / 2
+
+
+def timed_cli(args: list[str], out: Path, results: str) -> tuple[float, list[dict], str, float]:
+    """`ticketlab ARGS --out OUT` in a fresh process: (wall seconds, the rows of the results.json matched by
+    `results` under OUT without their `seconds` timings, the 'parallel:' line, other load in cores)."""
+    import json
+    import subprocess
+
+    cmd = [sys.executable, "-m", "ticketlab", *args, "--out", str(out), "--no-progress"]
+    with OtherLoad() as load:
+        start = time.perf_counter()
+        done = subprocess.run(cmd, env=cli_env(), check=True, capture_output=True, text=True)
+        wall = time.perf_counter() - start
+    rows = json.loads(next(out.glob(results)).read_text())
+    rows = [{k: v for k, v in r.items() if k != "seconds"} for r in rows]
+    plan = next((line.strip() for line in done.stdout.splitlines() if line.strip().startswith("parallel:")), "?")
+    return wall, rows, plan, load.cores
+

@@ -19,14 +19,13 @@ supermask run (~13 s), so the supermask comparison is also made in one process a
 
 from __future__ import annotations
 
-import json
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-from common import ROOT, OtherLoad, cli_env
+from common import ROOT, cli_env, timed_cli
 
 sys.path.insert(0, str(ROOT / "src"))
 
@@ -38,15 +37,7 @@ CASES = {
 
 def run_cli(args: list[str], out: Path) -> tuple[float, list[dict], str, float]:
     """(wall seconds, results.json rows without timings, the 'parallel:' line, other load in cores)."""
-    cmd = [sys.executable, "-m", "ticketlab", *args, "--out", str(out), "--no-progress"]
-    with OtherLoad() as load:
-        start = time.perf_counter()
-        done = subprocess.run(cmd, env=cli_env(), check=True, capture_output=True, text=True)
-        wall = time.perf_counter() - start
-    rows = json.loads(next(out.glob("*/results.json")).read_text())
-    rows = [{k: v for k, v in r.items() if k != "seconds"} for r in rows]
-    plan = next((line.strip() for line in done.stdout.splitlines() if line.strip().startswith("parallel:")), "?")
-    return wall, rows, plan, load.cores
+    return timed_cli(args, out, "*/results.json")
 
 
 def compare(name: str) -> dict:

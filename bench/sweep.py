@@ -23,10 +23,9 @@ import subprocess
 import sys
 import tempfile
 import textwrap
-import time
 from pathlib import Path
 
-from common import OtherLoad, cli_env
+from common import cli_env, timed_cli
 
 SWEEP = textwrap.dedent("""\
     experiment = "lottery"
@@ -65,15 +64,7 @@ RAY_START = textwrap.dedent("""\
 
 def run_sweep(file: Path, out: Path, extra: list[str]) -> tuple[float, list[dict], str, float]:
     """(wall seconds, the sweep's rows without timings, the 'parallel:' line, other load in cores)."""
-    cmd = [sys.executable, "-m", "ticketlab", "sweep", str(file), "--out", str(out), "--no-progress", *extra]
-    with OtherLoad() as load:
-        start = time.perf_counter()
-        done = subprocess.run(cmd, env=cli_env(), check=True, capture_output=True, text=True)
-        wall = time.perf_counter() - start
-    rows = json.loads(next(out.glob("sweep-*/results.json")).read_text())
-    rows = [{k: v for k, v in r.items() if k != "seconds"} for r in rows]
-    plan = next((line.strip() for line in done.stdout.splitlines() if line.strip().startswith("parallel:")), "?")
-    return wall, rows, plan, load.cores
+    return timed_cli(["sweep", str(file), *extra], out, "sweep-*/results.json")
 
 
 def ray_start_up() -> dict:

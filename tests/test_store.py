@@ -246,6 +246,7 @@ def test_a_reference_whose_source_changed_or_vanished_is_a_corrupt_unit(tmp_path
     source, mask, start, derived = _source_and_mask(tmp_path)
     unit = Unit(tmp_path / "level-02" / "ticket")
     unit.commit({"mask.safetensors": mask, "start.safetensors": derived(start)})
+    assert Unit(unit.path).is_done()   # the source is hashed (and remembered) while it is intact
     if damage == "changed":   # recommitted with other weights: a valid unit, but not the one referenced
         source.commit({"rewind.safetensors": {k: v + 1 for k, v in start.items()}})
     else:

@@ -98,6 +98,22 @@ def times_mask(weights: dict, mask: dict) -> dict:
 _SOURCES: dict[tuple, dict] = {}
 
 
+_SOURCE_SHAS: dict[tuple, str] = {}
+
+
+def _source_sha(path: Path) -> str:
+    """SHA-256 of a referenced source file, hashed once per process while its size and mtime stay the same
+    (every unit of a seed refers to the same rewind point: checking each would hash it again)."""
+    st = os.stat(path)
+    key = (os.path.normpath(path), st.st_ino, st.st_mtime_ns, st.st_size)
+    sha = _SOURCE_SHAS.get(key)
+    if sha is None:
+        if len(_SOURCE_SHAS) >= 64:
+            _SOURCE_SHAS.pop(next(iter(_SOURCE_SHAS)))
+        sha = _SOURCE_SHAS[key] = sha256_file(path)
+    return sha
+
+
 def _source(path: Path, sha256: str) -> dict:
     """The tensors of the unit file `path`, which its manifest must list with `sha256` (CorruptFile
     otherwise); verified once per process while the file's size and mtime stay the same."""
@@ -163,7 +179,7 @@ class Unit:
             f = self.path / (ref["from"] if ref else name)
             try:
                 if ref is not None:
-                    if ref["times"] not in m["files"] or sha256_file(f) != ref["sha256"]:
+                    if ref["times"] not in m["files"] or _source_sha(f) != ref["sha256"]:
                         return False
                 elif f.stat().st_size != entry["size"] or sha256_file(f) != entry["sha256"]:
                     return False

@@ -144,8 +144,9 @@ def _run_open(experiments: list[Experiment], by_path: dict[str, Experiment], pro
     probe = first.probe()
     setup = first.setup
     total = sum(task.cost for task in graph.tasks.values())
-    # FOP units (--optimizer fop-*) train alone: their optimizer is not the stacked engine's fused Adam
-    alone = any(e.stack_limit == 1 for e in by_path.values()) or str(getattr(t, "optimizer", "")).startswith("fop-")
+    from ..train.optim import stacks
+
+    alone = any(e.stack_limit == 1 for e in by_path.values()) or not stacks(t)
     limit = 1 if alone else t.max_batch
     forked = t.executor != "ray" and start_method(by_path.values()) == "fork"
     parallel = plan_parallelism(probe, setup.device, width=graph.width(), total_steps=total, batch_size=t.batch_size,

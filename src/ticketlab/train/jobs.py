@@ -18,7 +18,7 @@ from ..data import Dataset
 from ..sparse import Mask
 from .callbacks import Progress, as_list
 from .fit import Checkpoints, FitResult, fit
-from .optim import Schedule
+from .optim import Schedule, stacks
 from .stacked import fit_stacked
 
 
@@ -53,8 +53,7 @@ def run_jobs(jobs: list[Job], data: Dataset, train, *, stack: bool, max_batch: i
     """Train every job (in place); results in the order of `jobs`. `progress(key, n)`: n iterations done."""
     results: dict[int, FitResult] = {}
     groups: dict[tuple, list[int]] = {}
-    # FOP keeps a preconditioner per tensor and steps itself: the stacked engine's fused Adam would bypass it
-    stack = stack and not str(getattr(train, "optimizer", "")).startswith("fop-")
+    stack = stack and stacks(train)
     for i, job in enumerate(jobs):
         if stack and job.stackable():
             groups.setdefault(job.group(), []).append(i)

@@ -10,6 +10,12 @@ import torch
 from .. import steps
 
 
+def stacks(train) -> bool:
+    """Whether the stacked engine can train with `train`'s optimizer: it steps SGD and fused Adam itself, so
+    FOP (a preconditioner per tensor, stepping itself) trains its models alone."""
+    return not str(getattr(train, "optimizer", "")).startswith("fop-")
+
+
 def make_optimizer(params, train, device: torch.device) -> torch.optim.Optimizer:
     """SGD (momentum, Nesterov, weight decay) or Adam. Adam is the fused kernel where the device has it:
     with masks, plain Adam is ~45% slower here (sqrt of exact-zero second moments, measured on this build)."""
