@@ -4,6 +4,9 @@ resume is exact, FOP units never stack, and bad input is one line."""
 
 from __future__ import annotations
 
+import hashlib
+import json
+
 import pytest
 import torch
 from torch import nn
@@ -36,10 +39,11 @@ def loss_of(net, step):
     return net["c1"](x1).square().mean() + net["c2"](x2).tanh().mean() + net["fc"](x3).sin().sum()
 
 
+@pytest.mark.parametrize("linear", ["scalar", "input", "none"])
 @pytest.mark.parametrize("base,kw", [("sgd", {"momentum": 0.9}), ("sgd", {"momentum": 0.9, "nesterov": True, "weight_decay": 1e-3}),
                                      ("sgd", {"momentum": 0.0}), ("adam", {}), ("adam", {"weight_decay": 1e-2})])
-def test_frozen_identity_preconditioner_is_the_base_optimizer_bit_for_bit(base, kw):
-    train = train_spec(f"fop-{base}", fop_lr=0.0, **kw)
+def test_frozen_identity_preconditioner_is_the_base_optimizer_bit_for_bit(base, kw, linear):
+    train = train_spec(f"fop-{base}", fop_lr=0.0, fop_linear=linear, **kw)
     reference_train = train_spec(base, **kw)
     a, b = conv_and_linear(), conv_and_linear()
     fop = make_optimizer(a.parameters(), train, torch.device("cpu"))
@@ -54,25 +58,32 @@ def test_frozen_identity_preconditioner_is_the_base_optimizer_bit_for_bit(base, 
             opt.step()
         for (name, x), y in zip(a.named_parameters(), b.parameters()):
             assert torch.equal(x, y), (base, kw, step, name)
-    assert all(torch.equal(s["fop_m"], torch.eye(side(p))) for p, s in fop.state.items() if side(p))
+    kept = [p for p in fop.state if side(p, linear)]
+    assert len(kept) == (2 if linear == "none" else 3)
+    assert all(torch.equal(fop.state[p]["fop_m"], torch.eye(side(p, linear))) for p in kept)
+    assert all("fop_m" not in s for p, s in fop.state.items() if not side(p, linear))
 
 
-def test_preconditioner_shapes_and_the_hypergradient_is_dJ_dM():
-    """Linear: in x in; conv: prod(kernel) x prod(kernel); biases none. M moves by -rho * dJ(theta_t)/dM
-    with J's gradient computed by autograd through theta_t = theta_{t-1} + Z M M^T."""
+@pytest.mark.parametrize("linear,sides", [("scalar", [5, 0, 9, 0, 1, 0]), ("input", [5, 0, 9, 0, 7, 0])])
+@pytest.mark.parametrize("base", ["sgd", "adam"])
+def test_preconditioner_shapes_and_the_hypergradient_is_dJ_dM(linear, sides, base):
+    """Conv: prod(kernel) x prod(kernel); linear: 1 x 1 (scalar) or in x in (input); biases none. M moves by
+    -rho * dJ(theta_t)/dM with J's gradient computed by autograd through theta_t = theta_{t-1} + Z M M^T."""
     net = conv_and_linear()
-    assert [side(p) for p in net.parameters()] == [5, 0, 9, 0, 7, 0]
+    side_of = lambda p: side(p, linear)
+    assert [side_of(p) for p in net.parameters()] == sides
     rho = 0.3
-    opt = FOP(net.parameters(), base="sgd", lr=0.1, fop_lr=rho, momentum=0.9)
+    opt = FOP(net.parameters(), base=base, lr=0.1 if base == "sgd" else 0.01, fop_lr=rho, linear=linear,
+              momentum=0.9)
     before = {n: p.detach().clone() for n, p in net.named_parameters()}
     loss_of(net, 0).backward()
     opt.step()
     opt.zero_grad()
-    z = {n: opt.state[p]["fop_step"].clone() for n, p in net.named_parameters() if side(p)}
+    z = {n: opt.state[p]["fop_step"].clone() for n, p in net.named_parameters() if side_of(p)}
     for n, p in net.named_parameters():
-        if side(p):
+        if side_of(p):
             assert torch.allclose(p.detach(), before[n] + z[n])   # M = I at the first step: the base's step
-    ms = {n: torch.eye(side(p), requires_grad=True) for n, p in net.named_parameters() if side(p)}
+    ms = {n: torch.eye(side_of(p), requires_grad=True) for n, p in net.named_parameters() if side_of(p)}
     # the next loss as a function of the preconditioners
     moved = {n: before[n] + (z[n].reshape(-1, m.shape[0]) @ m @ m.T).reshape(before[n].shape) for n, m in ms.items()}
     params = {n: moved.get(n, p.detach()) for n, p in net.named_parameters()}
@@ -86,10 +97,10 @@ def test_preconditioner_shapes_and_the_hypergradient_is_dJ_dM():
     loss_of(net, 1).backward()
     opt.step()
     for n, p in net.named_parameters():
-        if side(p):
-            expected = torch.eye(side(p)) - rho * grads[n]
+        if side_of(p):
+            expected = torch.eye(side_of(p)) - rho * grads[n]
             assert torch.allclose(opt.state[p]["fop_m"], expected, atol=1e-6), n
-            assert not torch.equal(opt.state[p]["fop_m"], torch.eye(side(p)))
+            assert not torch.equal(opt.state[p]["fop_m"], torch.eye(side_of(p)))
 
 
 def data_and_mask():
@@ -151,7 +162,38 @@ def test_fop_jobs_never_stack(monkeypatch):
     (["--optimizer", "fop-adam", "--fop-lr", "-1"], "--fop-lr: must be in [0, inf)"),
     (["--optimizer", "fop-adam", "--nesterov", "true"], "--nesterov true applies to --optimizer sgd only"),
     (["--optimizer", "fop-rmsprop"], "unknown optimizer 'fop-rmsprop'"),
+    (["--optimizer", "sgd", "--fop-linear", "input"], "--fop-linear applies to --optimizer fop-sgd or fop-adam only"),
+    (["--optimizer", "fop-sgd", "--fop-linear", "full"], "unknown FOP linear-layer preconditioner 'full'; valid: input, none, scalar"),
 ])
 def test_bad_fop_input_is_one_line(run_cli, tmp_path, argv, message):
     code, out, err = run_cli("lottery", *argv, "--out", tmp_path)
     assert code == 2 and message in err and len(err.strip().splitlines()) == 1, err
+
+
+def test_a_fop_run_is_named_by_its_linear_preconditioner():
+    """The first FOP (no --fop-linear; input-side matrices) wrote folders under the hash of its settings: a
+    run of today's default must not land in them, nor differ from them where FOP is not used."""
+    make = lambda **kw: specs.from_mapping(LotterySpec, {"dataset": "synthetic", **kw})
+    first_fop = specs.spec_hash(make(optimizer="fop-adam")) == hashlib.sha256(json.dumps(
+        {"experiment": "lottery", "dataset": "synthetic", "optimizer": "fop-adam"}, sort_keys=True).encode()).hexdigest()[:10]
+    assert not first_fop
+    hashes = {specs.spec_hash(make(optimizer="fop-adam", fop_linear=v)) for v in ("scalar", "input", "none")}
+    assert len(hashes) == 3
+    plain = specs.spec_hash(make(optimizer="adam"))
+    assert plain == hashlib.sha256(json.dumps({"experiment": "lottery", "dataset": "synthetic"},
+                                              sort_keys=True).encode()).hexdigest()[:10]
+
+
+@pytest.mark.parametrize("base,lr,grows", [("sgd", 0.01, True), ("sgd", 0.19, False), ("adam", 0.05, True), ("adam", 1.0, False)])
+def test_a_scalar_preconditioner_learns_the_step_size(base, lr, grows):
+    """On a quadratic (curvatures 1..10), a 1 x 1 preconditioner is a learned step scale: it grows when the
+    rate is too small (consecutive steps agree) and shrinks when steps overshoot (they alternate)."""
+    curvature = torch.linspace(1, 10, 50).view(5, 10)
+    x = torch.nn.Parameter(torch.ones(5, 10))
+    opt = FOP([x], base=base, lr=lr, fop_lr=1e-3)
+    for _ in range(300):
+        opt.zero_grad()
+        (0.5 * (curvature * x * x).sum()).backward()
+        opt.step()
+    scale = opt.state[x]["fop_m"].item() ** 2
+    assert (scale > 1.2) if grows else (scale < 0.8), scale

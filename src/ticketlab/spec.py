@@ -487,7 +487,13 @@ def non_default(spec, hashed_only: bool = True) -> dict[str, Any]:
 
 def spec_hash(spec) -> str:
     """Stable 10-hex-digit hash of the experiment name and its non-default hashed settings."""
-    payload = json.dumps({"experiment": spec.experiment, **non_default(spec)}, sort_keys=True)
+    payload = {"experiment": spec.experiment, **non_default(spec)}
+    train = getattr(spec, "train", None)
+    if getattr(train, "optimizer", None) in FOP_OPTIMIZERS:
+        # always named: folders of the first FOP (input-side matrices for linear layers, no such setting) must
+        # not be taken for runs of today's default
+        payload["fop_linear"] = train.fop_linear
+    payload = json.dumps(payload, sort_keys=True)
     return hashlib.sha256(payload.encode()).hexdigest()[:10]
 
 
@@ -540,6 +546,7 @@ def _criteria():
 
 OPTIMIZERS = ("sgd", "adam", "fop-sgd", "fop-adam")
 FOP_OPTIMIZERS = ("fop-sgd", "fop-adam")   # train alone: never stacked (train/fop.py)
+FOP_LINEAR = ("scalar", "input", "none")   # how train/fop.py preconditions a linear layer
 SCHEDULES = ("constant", "milestones", "cosine", "one-cycle")
 EXECUTORS = ("local", "ray")
 TENSORBOARD_HELP = ("also write TensorBoard event files under DIR: every unit's training curves and the per-level "
@@ -590,6 +597,11 @@ class TrainSpec:
                              Choice("optimizer", lambda: OPTIMIZERS))
     fop_lr: float = setting(1e-3, "fop-sgd / fop-adam: learning rate of the preconditioners' hypergradient descent "
                             "(0: frozen identity, the base optimizer exactly)", Float(0))
+    fop_linear: str = setting("scalar", "fop-sgd / fop-adam: the preconditioner of a linear layer: scalar (a 1 x 1 matrix, as "
+                              "for a convolution with a 1-position kernel: a learned scale of the layer's step), input (an "
+                              "in x in matrix on the input side; costly: 784 x 784 in LeNet-300-100) or none; a "
+                              "convolution always gets a k x k matrix over its kernel's positions",
+                              Choice("FOP linear-layer preconditioner", lambda: FOP_LINEAR))
     lr: float = setting(5e-3, "learning rate", Float(0, None, low_open=True))
     momentum: float = setting(0.9, "SGD momentum", Float(0, 1, high_open=True))
     nesterov: bool = setting(False, "SGD with Nesterov momentum", Bool())
@@ -626,8 +638,10 @@ class TrainSpec:
             raise UserError(f"--eval-every {self.eval_every}: must be at least one iteration (1it evaluates after every step)")
         if self.nesterov and self.optimizer not in ("sgd", "fop-sgd"):
             raise UserError(f"--nesterov true applies to --optimizer sgd only (got --optimizer {self.optimizer})")
-        if self.fop_lr != 1e-3 and self.optimizer not in FOP_OPTIMIZERS:
-            raise UserError(f"--fop-lr applies to --optimizer {' or '.join(FOP_OPTIMIZERS)} only (got --optimizer {self.optimizer})")
+        if self.optimizer not in FOP_OPTIMIZERS:
+            for flag, value, default in (("--fop-lr", self.fop_lr, 1e-3), ("--fop-linear", self.fop_linear, "scalar")):
+                if value != default:
+                    raise UserError(f"{flag} applies to --optimizer {' or '.join(FOP_OPTIMIZERS)} only (got --optimizer {self.optimizer})")
         if self.schedule != "one-cycle" and (self.pct_start, self.div_factor, self.final_div) != (0.3, 25.0, 1e4):
             raise UserError(f"--pct-start, --div-factor and --final-div apply to --schedule one-cycle only (got --schedule {self.schedule})")
         if self.schedule == "one-cycle" and steps.parse(self.warmup) != (0, 0):

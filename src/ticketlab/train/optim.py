@@ -22,7 +22,7 @@ def make_optimizer(params, train, device: torch.device) -> torch.optim.Optimizer
     params = list(params)
     if train.optimizer in ("fop-sgd", "fop-adam"):   # a preconditioner per layer learned by hypergradient descent
         from .fop import FOP
-        return FOP(params, base=train.optimizer[4:], lr=train.lr, fop_lr=train.fop_lr, momentum=train.momentum,
+        return FOP(params, base=train.optimizer[4:], lr=train.lr, fop_lr=train.fop_lr, linear=train.fop_linear, momentum=train.momentum,
                    nesterov=train.nesterov and train.momentum > 0, weight_decay=train.weight_decay)
     if train.optimizer == "sgd":
         return torch.optim.SGD(params, lr=train.lr, momentum=train.momentum, nesterov=train.nesterov and train.momentum > 0,
