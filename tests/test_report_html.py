@@ -161,19 +161,52 @@ def test_report_of_unfinished_runs_says_what_is_missing(run_cli, tmp_path, runs)
     assert 'class="notdrawn"' not in page, re.findall(r'class="notdrawn">([^<]*)', page)
 
 
-def test_report_of_a_sweep(run_cli, tmp_path):
+def sweep_report(run_cli, tmp_path, experiment: str, settings: str):
+    """Run a tiny sweep of `experiment` (`settings`: its TOML after the experiment line) and report it:
+    (sweep folder, page)."""
     toml = tmp_path / "sweep.toml"
-    toml.write_text('experiment = "lottery"\n[base]\ndataset = "synthetic"\nmodel = "mlp"\nwidths = [16]\n'
-                    'batch_size = 50\nsteps = "40it"\neval_every = "20it"\nlevels = 1\ncontrols = []\nworkers = 1\n'
-                    '[grid]\nprune_fraction = [0.2, 0.5]\n')
+    toml.write_text(f'experiment = "{experiment}"\n[base]\ndataset = "synthetic"\nmodel = "mlp"\nwidths = [16]\n'
+                    f'batch_size = 50\nworkers = 1\n{settings}')
     code, out, err = run_cli("sweep", toml, "--out", tmp_path / "runs", "--no-progress")
     assert code == 0, err
     (sweep,) = (tmp_path / "runs").glob("sweep-*")
     page = make(run_cli, tmp_path, sweep)
     assert_self_contained(page)
+    return sweep, page
+
+
+def test_report_of_a_sweep(run_cli, tmp_path):
+    _, page = sweep_report(run_cli, tmp_path, "lottery", 'steps = "40it"\neval_every = "20it"\nlevels = 1\ncontrols = []\n'
+                           '[grid]\nprune_fraction = [0.2, 0.5]\n')
     for text in ("Sweep sweep-", "Test accuracy vs prune_fraction", "Lottery tickets", "prune_fraction=0.5"):
         assert text in page, text
     assert 'class="notdrawn"' not in page
+
+
+def test_report_of_a_prune_at_init_sweep_draws_each_method(run_cli, tmp_path, monkeypatch):
+    """A sweep of pruning at init is drawn from its pruned networks, a curve per point and method (not from
+    lottery tickets, which it has none of), each at the weights its masks kept."""
+    from ticketlab.report import figures, html
+
+    sweep, page = sweep_report(run_cli, tmp_path, "prune-at-init",
+                               'steps = "20it"\neval_every = "10it"\nmethods = ["snip", "random"]\ndensities = [0.2, 0.05]\n'
+                               'controls = ["reshuffle"]\nseeds = [0]\n[grid]\nallocation = ["global", "uniform"]\n')
+    for text in ("Test accuracy vs % weights remaining, per point", "Test accuracy vs allocation"):
+        assert text in page, text
+    assert 'class="notdrawn"' not in page
+
+    drawn = {}
+    monkeypatch.setattr(figures, "accuracy_vs_sparsity", lambda data, title: drawn.setdefault("sparsity", data) and b"")
+    monkeypatch.setattr(figures, "curves", lambda data, *a, **k: drawn.setdefault("axis", data) and b"")
+    _, (folder,) = html.open_path(str(sweep))
+    html.sweep_section(folder)
+    (_, by_label, _), = drawn["sparsity"]
+    assert set(by_label) == {f"allocation={a}, {m}" for a in ("global", "uniform") for m in ("snip", "random")}
+    kept = {row["weights_remaining"] for row in folder.rows if row.get("arm") == "pruned"}
+    for points in by_label.values():
+        assert len(points) == 2 and {p[0] for p in points} <= kept and all(0 <= p[1] <= 1 for p in points)
+    (_, series), = drawn["axis"]
+    assert set(series) == {f"{m}, density {d}" for m in ("snip", "random") for d in ("0.05", "0.2")}
 
 
 def test_forget_runs_are_read_from_their_method_and_generation_columns(run_cli, tmp_path):

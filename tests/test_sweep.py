@@ -183,3 +183,12 @@ def test_a_ray_worker_killed_mid_unit_is_retried_and_changes_nothing(tmp_path):
     _, err = proc.communicate(timeout=600)
     assert proc.returncode == 0, err.decode()[-2000:]
     assert rows(sweep_folder(out)) == rows(sweep_folder(reference))
+
+
+@pytest.mark.parametrize("name", sorted(cli.EXPERIMENTS))
+def test_every_experiment_can_be_swept(name):
+    """A sweep file's `experiment` is a command name (prune-at-init, lr-range, sparse-train hyphenated): each
+    resolves to the experiment class its command runs."""
+    from ticketlab.run.sweep import experiment_class
+
+    assert experiment_class(name) is cli.EXPERIMENTS[name].run_module().EXPERIMENT

@@ -872,9 +872,17 @@ SWEEP_METRICS = {"lottery": ("test_accuracy", "best_accuracy", "early_stop_accur
                  "lr-range": ("suggested_lr", "max_lr")}
 
 
+# Which rows of a point a sweep draws, per kind: the arm kept (None: every row), the column that steps through
+# sparsity within a point (its first and last values are drawn against each axis), and the columns that name
+# further curves within a point. Other kinds: the lottery's reading (rows without an arm are kept).
+SWEEP_ROWS = {"lottery": ("ticket", "level", ()), "prune-at-init": ("pruned", "density", ("method",)),
+              "sparse-train": (None, "density", ("method",))}
+
+
 def sweep_section(sweep: SweepFolder) -> Section:
     """Sweep curves per axis: each metric against each axis's values, a curve per value of the other axes
-    (lottery: the tickets at level 0 and at the deepest level), mean over seeds with a band."""
+    (lottery: the tickets at level 0 and at the deepest level; pruning at init and sparse training: per
+    method, at the largest and smallest density), mean over seeds with a band."""
     from .figures import accuracy_vs_sparsity, curves
 
     sec = Section(f"Sweep {sweep.name} ({sweep.of}, axes: {', '.join(sweep.axes) or '-'})")
@@ -887,23 +895,29 @@ def sweep_section(sweep: SweepFolder) -> Section:
             metrics = None
     metrics = [m for m in (metrics or SWEEP_METRICS.get(sweep.of, ("test_accuracy",)))
                if any(isinstance(x.get(m), (int, float)) for x in sweep.rows)]
-    rows = [x for x in sweep.rows if x.get("arm", "ticket") == "ticket"]
-    levels = sorted({x["level"] for x in rows if isinstance(x.get("level"), int)})
+    arm, step, inner = SWEEP_ROWS.get(sweep.of, ("ticket", "level", ()))
+    rows = [x for x in sweep.rows if arm is None or x.get("arm", arm) == arm]
+    levels = sorted({x[step] for x in rows if isinstance(x.get(step), (int, float)) and not isinstance(x.get(step), bool)})
     keep_levels = sorted({levels[0], levels[-1]}) if levels else [None]
+    named = lambda keys, values: ", ".join(f"{a}={v}" if a in sweep.axes else str(v) for a, v in zip(keys, values))
     if not sweep.rows:
         sec.notes.append("no finished point yet")
         return sec
-    if any(isinstance(x.get("weights_remaining"), float) for x in rows) and "level" in (rows[0] if rows else {}):
+    if any(isinstance(x.get("weights_remaining"), float) for x in rows) and step in (rows[0] if rows else {}):
         def vs_sparsity():
             curves_: dict[str, list] = {}
-            g = grouped(rows, (*sweep.axes, "level"), "test_accuracy")
-            wr = {tuple(x.get(a) for a in (*sweep.axes, "level")): x.get("weights_remaining") for x in rows}
+            keys = (*sweep.axes, *inner, step)
+            g = grouped(rows, keys, "test_accuracy")
+            wr = grouped(rows, keys, "weights_remaining")
             for key, vals in g.items():
-                label = ", ".join(f"{a}={v}" for a, v in zip(sweep.axes, key[:-1]))
-                curves_.setdefault(label, []).append((wr.get(key), *mean_std(vals), len(vals)))
-            return accuracy_vs_sparsity([("", curves_, None)], f"{sweep.of} sweep: tickets, test accuracy per point")
+                if wr.get(key):
+                    curves_.setdefault(named(keys[:-1], key[:-1]), []).append((mean_std(wr[key])[0], *mean_std(vals), len(vals)))
+            what = {"ticket": "tickets", "pruned": "pruned networks"}.get(arm, "networks")
+            return accuracy_vs_sparsity([("", curves_, None)], f"{sweep.of} sweep: {what}, test accuracy per point")
         sec.figure("Test accuracy vs % weights remaining, per point", vs_sparsity,
-                   "The tickets of every point of the sweep, mean over seeds and a band of one std.")
+                   "The " + {"ticket": "tickets", "pruned": "pruned networks (no controls)"}.get(arm, "networks")
+                   + " of every point of the sweep" + (f", a curve per point and {', '.join(inner)}" if inner else "")
+                   + ", mean over seeds and a band of one std.")
     for metric in metrics:
         for axis in sweep.axes:
             def make(metric=metric, axis=axis):
@@ -912,12 +926,12 @@ def sweep_section(sweep: SweepFolder) -> Section:
                 numeric = all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values)
                 series: dict[str, list] = {}
                 for level in keep_levels:
-                    part = [x for x in rows if level is None or x.get("level") == level]
-                    g = grouped(part, (axis, *others), metric)
+                    part = [x for x in rows if level is None or x.get(step) == level]
+                    g = grouped(part, (axis, *others, *inner), metric)
                     for key, vals in g.items():
-                        label = ", ".join(f"{a}={v}" for a, v in zip(others, key[1:]))
+                        label = named((*others, *inner), key[1:])
                         if level is not None and len(keep_levels) > 1:   # its weights remaining may differ by point
-                            label = (label + ", " if label else "") + f"level {level}"
+                            label = (label + ", " if label else "") + f"{step} {level:g}"
                         x = key[0] if numeric else values.index(key[0])
                         series.setdefault(label or metric, []).append((x, *mean_std(vals)))
                 for s in series.values():
@@ -928,7 +942,9 @@ def sweep_section(sweep: SweepFolder) -> Section:
                               categories=None if numeric else [str(v) for v in values])
             sec.figure(f"{metric.replace('_', ' ').capitalize()} vs {axis}", make,
                        "Mean over seeds and a band of one std, a curve per value of the other axes"
-                       + (" and per level (dense, deepest)" if len(keep_levels) > 1 else "") + ".")
+                       + (f", per {', '.join(inner)}" if inner else "")
+                       + ("" if len(keep_levels) < 2 else " and per level (dense, deepest)" if step == "level"
+                          else f" and per {step} (largest, smallest)") + ".")
     return sec
 
 

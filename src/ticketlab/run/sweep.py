@@ -128,9 +128,10 @@ def _check_axis(path: Path, section: str, axis: str, items, table: dict) -> None
 
 # ------------------------------------------------------------------------------------------------- run
 def experiment_class(name: str):
-    """The `Experiment` subclass of an experiment module (`ticketlab.experiments.<name>.EXPERIMENT`)."""
+    """The `Experiment` subclass of an experiment module (`ticketlab.experiments.<name>.EXPERIMENT`, a hyphen of
+    the command's name an underscore: prune-at-init's module is prune_at_init)."""
     import importlib
-    return importlib.import_module(f"ticketlab.experiments.{name}").EXPERIMENT
+    return importlib.import_module(f"ticketlab.experiments.{name.replace('-', '_')}").EXPERIMENT
 
 
 def run(sweep: Sweep, *, out: str = "runs", force: bool = False, progress: bool | None = None, wait: bool = False):
