@@ -197,3 +197,24 @@ def test_a_scalar_preconditioner_learns_the_step_size(base, lr, grows):
         opt.step()
     scale = opt.state[x]["fop_m"].item() ** 2
     assert (scale > 1.2) if grows else (scale < 0.8), scale
+
+
+def test_every_evaluation_row_says_what_the_preconditioners_do(tmp_path):
+    """metrics.jsonl rows of a FOP unit hold each preconditioned layer's scale (trace(P) / k) and distance from
+    the identity, read from the optimizer's own M: identity values at rho = 0, moving ones otherwise."""
+    data, make, mask = data_and_mask()
+    names = [n for n, p in make(0).named_parameters() if p.dim() > 1]
+    for rho in (0.0, 0.5):
+        train = train_spec("fop-sgd", fop_lr=rho)
+        model = make(0)
+        fitted = fit(model, data, train, seed=0, start=0, end=60, schedule=Schedule.from_spec(train, 30))
+        first, *rest = fitted.metrics
+        assert "fop_scale" not in first   # step 0: no step taken yet
+        for row in rest:
+            assert set(row["fop_scale"]) == set(row["fop_deviation"]) == set(names)
+        last = rest[-1]
+        if rho == 0:
+            assert all(v == 1.0 for v in last["fop_scale"].values()) and all(v == 0 for v in last["fop_deviation"].values())
+        else:
+            assert all(v != 1.0 for v in last["fop_scale"].values())
+            assert all(abs(last["fop_deviation"][n] - abs(last["fop_scale"][n] - 1)) < 1e-6 for n in names)  # 1 x 1: |m^2 - 1|

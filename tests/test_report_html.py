@@ -293,3 +293,25 @@ def test_report_renders_in_headless_chromium(run_cli, tmp_path, runs):
     dom = subprocess.run([*flags, "--dump-dom", page.as_uri()], capture_output=True, text=True, timeout=180)
     assert dom.returncode == 0, dom.stderr[-2000:]
     assert "<h2" in dom.stdout and "Early-bird tickets" in dom.stdout and dom.stdout.count("<img") >= 15
+
+
+def test_a_fop_run_gets_its_preconditioners_drawn(run_cli, tmp_path, monkeypatch):
+    """A run trained with FOP gets the scale of each layer's preconditioner while its first unit trained,
+    read from the metrics rows (mean over seeds); a run without FOP gets no such section."""
+    from ticketlab.report import figures, html
+
+    folder = folder_of(tmp_path / "fop", "lottery", optimizer="fop-sgd", fop_lr=0.5, lr=0.05, controls=())
+    page = make(run_cli, tmp_path, folder)
+    assert "FOP preconditioners" in page and "Preconditioner scale per layer" in page
+    assert 'class="notdrawn"' not in page
+    drawn = {}
+    monkeypatch.setattr(figures, "training_curves", lambda panels, *a, **k: drawn.setdefault("panels", panels) and b"")
+    runs, _ = html.open_path(str(folder))
+    html.fop_section(runs)
+    (name, curves), = drawn["panels"]
+    assert "level-00" in name and set(curves) == {"hidden.0.weight", "fc.weight"}
+    metrics = [html.Unit(folder / f"seed-{s}" / "level-00" / "ticket").read("metrics.jsonl") for s in (0, 1)]
+    last = curves["fc.weight"][-1]
+    assert last[0] == metrics[0][-1]["step"]
+    assert abs(last[1] - sum(m[-1]["fop_scale"]["fc.weight"] for m in metrics) / 2) < 1e-9 and last[1] != 1.0
+    assert html.fop_section(html.open_path(str(folder_of(tmp_path / "plain", "lottery", controls=())))[0]) is None

@@ -1117,6 +1117,43 @@ def lr_range_section(runs: list[RunFolder]) -> Section:
     return sec
 
 
+# -------------------------------------------------------------------------------------------------- FOP
+def fop_section(runs: list[RunFolder]) -> Section | None:
+    """The learned preconditioners of runs trained with --optimizer fop-*: each layer's scale (trace(P) / k)
+    while training, from the metrics rows of each run's first unit (mean over its seeds). None: no such run."""
+    from .figures import training_curves
+
+    fop = [r for r in runs if str(flat_spec(r.record).get("optimizer", "")).startswith("fop-")]
+    if not fop:
+        return None
+    sec = Section("FOP preconditioners")
+
+    def scales():
+        panels = []
+        for r in fop[:MAX_PANELS]:
+            units = sorted(((p, m) for p, m in r.unit_files("metrics.jsonl")
+                            if isinstance(m, list) and any(isinstance(row, dict) and "fop_scale" in row for row in m)),
+                           key=lambda unit: unit[0])
+            if not units:
+                continue
+            first = units[0][0][1:]   # the first unit's path below its seed: the same unit of every seed
+            seeds = [m for p, m in units if p[1:] == first]
+            layers = dict.fromkeys(name for m in seeds for row in m if isinstance(row, dict)
+                                   for name in (row.get("fop_scale") or {}))
+            curves = {name: metric_curves([[{"step": row.get("step"), "v": (row.get("fop_scale") or {}).get(name)}
+                                             for row in m if isinstance(row, dict)] for m in seeds], "v")
+                      for name in layers}
+            panels.append((f"{r.label or r.name} ({'/'.join(first) or 'unit'})", curves))
+        if not panels:
+            raise ValueError("no unit has finished an evaluation with FOP yet")
+        return training_curves(panels, f"{title_of(fop)}: FOP preconditioner scale per layer", ylabel="trace(P) / k", scale=1)
+
+    sec.figure("Preconditioner scale per layer", scales,
+               "How much each layer's learned preconditioner P = M M^T scales the base optimizer's step (its mean "
+               "eigenvalue; 1 at the start), while the run's first unit trains, mean over seeds with a band.")
+    return sec
+
+
 SECTIONS = {"lottery": lottery_section, "deconstruct": deconstruct_section, "supermask": supermask_section,
             "lca": lca_section, "stability": stability_section, "earlybird": earlybird_section,
             "forget": forget_section, "referential": referential_section,
@@ -1285,6 +1322,8 @@ def render(paths: list[str]) -> str:
         if group:
             sections.append(SECTIONS[kind](group) if kind not in WITH_TICKETS
                             else SECTIONS[kind](group, [r for r in runs if r.kind == "lottery"]))
+    if (fop := fop_section(runs)) is not None:
+        sections.append(fop)
     for k, sec in enumerate(sections):
         out.append(f'<h2 id="section-{k}">{esc(sec.title)}</h2>')
         for note in sec.notes:

@@ -61,7 +61,8 @@ def side(p: torch.Tensor, linear: str = "scalar") -> int:
 class FOP(torch.optim.Optimizer):
     """FOP-SGD or FOP-Adam; see the module docstring. Its state per weight: the base optimizer's own
     (`momentum_buffer`; or `step`, `exp_avg`, `exp_avg_sq`), the preconditioner's factor `fop_m` (side x side)
-    and the last unpreconditioned step `fop_step` (for the hypergradient): all tensors, so a checkpoint holds it."""
+    and the last unpreconditioned step `fop_step` (for the hypergradient): all tensors, so a checkpoint holds it.
+    Every evaluation row of a unit trained with it holds `preconditioners()` (metrics.jsonl)."""
 
     def __init__(self, params, *, base: str, lr: float, fop_lr: float, linear: str = "scalar", momentum: float = 0.0,
                  nesterov: bool = False, weight_decay: float = 0.0, betas: tuple[float, float] = (0.9, 0.999),
@@ -132,6 +133,24 @@ class FOP(torch.optim.Optimizer):
         else:
             z = self._precondition(z.reshape(-1, k), m).view_as(p)
         p.add_(z, alpha=alpha)
+
+    @torch.no_grad()
+    def preconditioners(self, names: dict) -> dict[str, dict[str, float | None]]:
+        """What the learned preconditioners do, per preconditioned tensor (named by `names[p]`): `fop_scale`,
+        the mean eigenvalue of P (trace / k: how much it scales the base's step; m^2 for a 1 x 1 P), and
+        `fop_deviation`, ||P - I||_F / sqrt(k) (0 at the identity). Empty before the first step."""
+        scale, deviation = {}, {}
+        for group in self.param_groups:
+            for p in group["params"]:
+                m = self.state.get(p, {}).get("fop_m")
+                if m is None:
+                    continue
+                k = m.shape[0]
+                cond = m @ m.T
+                off = cond - torch.eye(k, dtype=m.dtype, device=m.device)
+                values = ((cond.trace() / k).item(), (off.norm() / math.sqrt(k)).item())
+                scale[names[p]], deviation[names[p]] = (v if math.isfinite(v) else None for v in values)
+        return {"fop_scale": scale, "fop_deviation": deviation} if scale else {}
 
     @torch.no_grad()
     def step(self, closure=None):

@@ -99,7 +99,10 @@ class ModelStepper(Stepper):
 
     def evaluate(self, step: int, lr: float) -> list[dict]:
         loss, acc = evaluate(self.model, self.data.test_x, self.data.test_y, self.eval_batch_size)
-        return [{"step": step, "test_loss": loss, "test_accuracy": acc, "lr": lr}]
+        row = {"step": step, "test_loss": loss, "test_accuracy": acc, "lr": lr}
+        if hasattr(self.opt, "preconditioners"):   # FOP: what its learned preconditioners do, per layer
+            row.update(self.opt.preconditioners({p: n for n, p in self.model.named_parameters()}))
+        return [row]
 
     def state(self) -> list[State]:
         tensors = {f"model.{k}": v for k, v in self.model.state_dict().items()}
