@@ -5,7 +5,8 @@ import json
 import pytest
 
 from ticketlab.report.gather import INDEX, run_rows, sweep_rows
-from ticketlab.store import Unit
+from ticketlab.io import sha256_bytes
+from ticketlab.store import MANIFEST, Unit
 
 
 def make_run(folder, units: dict, results=None):
@@ -26,6 +27,19 @@ def test_an_unfinished_run_shows_its_finished_units_and_indexes_them(tmp_path):
     index = json.loads((run / INDEX).read_text())
     assert sorted(index["entries"]) == ["seed-0/level-00/ticket", "seed-0/level-01/ticket"]
     assert run_rows(run) == (rows, True)   # from the index
+
+
+def test_a_non_finite_number_is_indexed_as_null_in_strict_json(tmp_path):
+    """A result.json written by hand with NaN (Python's json reads it) still gets a strict index: null."""
+    run = make_run(tmp_path / "r", {"u": {"acc": 0.5}})
+    (run / "v").mkdir()
+    (run / "v" / "result.json").write_bytes(raw := b'{"acc": NaN}')
+    (run / "v" / MANIFEST).write_text(json.dumps({"format": 1, "complete": True, "files": {
+        "result.json": {"size": len(raw), "sha256": sha256_bytes(raw)}}}))
+    rows, _ = run_rows(run)
+    assert rows[0] == {"unit": "u", "acc": 0.5} and rows[1]["unit"] == "v"
+    text = (run / INDEX).read_text()
+    assert "NaN" not in text and json.loads(text)["entries"]["v"]["rows"] == {"acc": None}
 
 
 def test_a_recommitted_unit_replaces_its_indexed_row(tmp_path):

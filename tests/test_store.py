@@ -264,3 +264,26 @@ def test_a_recommit_in_full_removes_the_file_a_reference_replaces(tmp_path):
     assert (unit.path / "start.safetensors").exists()
     unit.commit({"mask.safetensors": mask, "start.safetensors": derived(start)})
     assert not (unit.path / "start.safetensors").exists() and Unit(unit.path).is_done()
+
+
+@pytest.mark.parametrize("text", ["a,b,c\n1,2,3\n4,5\n6,7,8,9\n\n10,11,12\n", "", "a,b\n", 'x,"y,z"\n"q""",2\n',
+                                  "a,b\r\n1,2\r\n", "a,a\n1,2\n", 'a\n"multi\nline"\n'])
+def test_csv_rows_are_what_csv_dictreader_reads(text):
+    import csv
+    import io
+
+    from ticketlab.store import csv_rows
+    assert csv_rows(text) == list(csv.DictReader(io.StringIO(text)))
+
+
+def test_rows_to_csv_is_what_csv_dictwriter_writes():
+    import csv
+    import io
+
+    from ticketlab.store import rows_to_csv
+    rows = [{"a": 1, "b": 0.1}, {"b": "x,y", "c": None}, {"a": True, "d": 'q"'}, {}]
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=["a", "b", "c", "d"], lineterminator="\n")
+    w.writeheader()
+    w.writerows(rows)
+    assert rows_to_csv(rows) == buf.getvalue()

@@ -162,7 +162,7 @@ def show(run_dir: str, fmt: str) -> None:
         rows, partial = gather.run_rows(Path(run_dir))
     if not rows:
         raise UserError(f"{run_dir}: no finished results yet (results.csv missing or corrupt, no finished units)")
-    rows = [_typed(r) for r in rows]
+    rows = _typed(rows)
     if fmt == "csv":
         sys.stdout.write(Results(rows).to_csv())
     elif fmt == "json":
@@ -207,18 +207,28 @@ def _aligned(rows: list[dict]) -> str:
     return "\n".join("  ".join(v.rjust(w) for v, w in zip(line, widths)) for line in table)
 
 
-def _typed(row: dict) -> dict:
-    out = {}
-    for k, v in row.items():
-        if isinstance(v, str):
-            for cast in (int, float):
-                try:
-                    v = cast(v)
-                    break
-                except ValueError:
-                    pass
-        out[k] = v
-    return out
+def _typed(rows: list[dict]) -> list[dict]:
+    """The rows with every text cell that is a number as that number (an int, else a float); other cells as
+    they are. Each distinct text is converted once: a sweep's 100,000 rows repeat most of their cells."""
+    numbers: dict[str, object] = {}
+
+    def number(text: str):
+        for cast in (int, float):
+            try:
+                return cast(text)
+            except ValueError:
+                pass
+        return text
+
+    def typed(v):
+        if not isinstance(v, str):
+            return v
+        out = numbers.get(v, numbers)   # the dict itself: not seen yet
+        if out is numbers:
+            out = numbers[v] = number(v)
+        return out
+
+    return [{k: typed(v) for k, v in row.items()} for row in rows]
 
 
 # ------------------------------------------------------------------------------------------------ sweep

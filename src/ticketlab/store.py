@@ -52,14 +52,33 @@ def encode(name: str, payload: Any) -> bytes:
 
 
 def rows_to_csv(rows: list[dict]) -> str:
-    columns: list[str] = []
-    for r in rows:
-        columns += [k for k in r if k not in columns]
+    columns = list(dict.fromkeys(k for r in rows for k in r))   # every row's columns, in order of appearance
     buf = io.StringIO()
-    w = csv.DictWriter(buf, fieldnames=columns, lineterminator="\n")
-    w.writeheader()
-    w.writerows(rows)
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(columns)
+    w.writerows([r.get(c, "") for c in columns] for r in rows)   # csv.DictWriter's output, without its per-row checks
     return buf.getvalue()
+
+
+def csv_rows(text: str) -> list[dict]:
+    """csv.DictReader's rows (a short line's missing cells None, a long line's extra cells a list under None),
+    built without its per-row overhead."""
+    reader = csv.reader(io.StringIO(text))
+    header = next(reader, None)
+    if header is None:
+        return []
+    width, out = len(header), []
+    for line in reader:
+        if not line:   # DictReader skips blank lines
+            continue
+        row = dict(zip(header, line))
+        if len(line) != width:
+            if len(line) < width:
+                row.update(dict.fromkeys(header[len(line):]))
+            else:
+                row[None] = line[width:]
+        out.append(row)
+    return out
 
 
 def decode(name: str, data: bytes, where: str):
@@ -71,7 +90,7 @@ def decode(name: str, data: bytes, where: str):
         if name.endswith(".jsonl"):
             return [json.loads(line) for line in data.decode().splitlines() if line.strip()]
         if name.endswith(".csv"):
-            return list(csv.DictReader(io.StringIO(data.decode())))
+            return csv_rows(data.decode())
         return data
     except (ValueError, UnicodeDecodeError) as e:
         raise CorruptFile(f"{where}: unreadable ({e})") from None
@@ -157,7 +176,8 @@ class Unit:
         """The manifest, or None when it is missing or malformed (an entry of the wrong type, say): then the
         unit counts as not done and is recomputed."""
         try:
-            m = json.loads((self.path / MANIFEST).read_bytes())
+            with open(os.path.join(self.path, MANIFEST), "rb") as f:
+                m = json.loads(f.read())
         except (OSError, ValueError):
             return None
         if not isinstance(m, dict) or not isinstance(m.get("files"), dict):
@@ -222,17 +242,19 @@ class Unit:
         m["files"][name] = {"size": len(data), "sha256": sha256_bytes(data)}
         atomic_write_bytes(self.path / MANIFEST, to_json(m).encode())
 
-    def read(self, name: str):
-        """A file's decoded contents; CorruptFile unless it matches the manifest."""
-        m = self.manifest()
-        where = str(self.path / name)
+    def read(self, name: str, manifest: dict | None = None):
+        """A file's decoded contents; CorruptFile unless it matches the manifest (`manifest`: the one the caller
+        has just read, not read again)."""
+        m = manifest if manifest is not None else self.manifest()
+        where = os.path.join(self.path, name)
         entry = m["files"].get(name) if m else None
         if entry is None:
             raise CorruptFile(f"{where}: not listed in {MANIFEST}")
         if "derived" in entry:
             return self._read_derived(where, entry["derived"])
         try:
-            data = (self.path / name).read_bytes()
+            with open(where, "rb") as f:
+                data = f.read()
         except OSError as e:
             raise CorruptFile(f"{where}: cannot read ({e.strerror})") from None
         if len(data) != entry["size"] or sha256_bytes(data) != entry["sha256"]:

@@ -42,13 +42,13 @@ class RowIndex:
     def rows(self, unit: Unit, name: str, key: str, *, complete: bool):
         """The decoded `name` of `unit` (checked against its manifest; `complete`: only from a finished
         unit), from the index when neither file changed since; None when it is missing or corrupt."""
-        stamp = _stamp(unit.path / MANIFEST) + _stamp(unit.path / name)
+        stamp = _stamp(os.path.join(unit.path, MANIFEST)) + _stamp(os.path.join(unit.path, name))
         entry = self.entries.get(key)
         if isinstance(entry, dict) and entry.get("stamp") == stamp and "rows" in entry:
             return entry["rows"]
         m = unit.manifest()
         try:
-            value = unit.read(name) if m and (m.get("complete") or not complete) else None
+            value = unit.read(name, m) if m and (m.get("complete") or not complete) else None
         except CorruptFile:
             value = None
         self.entries[key] = {"stamp": stamp, "rows": value}
@@ -61,12 +61,17 @@ class RowIndex:
         live = {k: v for k, v in self.entries.items() if v.get("rows") is not None}
         try:
             # not sorted: rows keep their columns' order
-            atomic_write_text(self.path, json.dumps(finite({"format": FORMAT, "entries": live}), allow_nan=False))
+            index = {"format": FORMAT, "entries": live}
+            try:
+                text = json.dumps(index, allow_nan=False)
+            except ValueError:   # a non-finite number somewhere (rare): walk it all to write it as null
+                text = json.dumps(finite(index), allow_nan=False)
+            atomic_write_text(self.path, text)
         except OSError:   # a read-only (shared) folder: the index is only a cache
             pass
 
 
-def _stamp(path: Path) -> list:
+def _stamp(path: str) -> list:
     try:
         st = os.stat(path)
     except OSError:
@@ -106,7 +111,7 @@ def sweep_rows(folder: Path, points: list) -> tuple[list[dict], bool]:
             raise CorruptFile(f"{folder / 'spec.json'}: a point without its run folder")
         run = folder.parent / point["run"]
         axes = {k: v for k, v in point.items() if k != "run"}
-        got, part = run_rows(run, index, prefix=point["run"] + "/") if run.is_dir() else ([], True)
+        got, part = run_rows(run, index, prefix=point["run"] + "/") if os.path.isdir(run) else ([], True)
         rows += [{**axes, **r} for r in got]
         partial = partial or part
     index.save()
