@@ -84,6 +84,30 @@ def test_report_of_one_lottery_run(run_cli, tmp_path, runs):
         assert text in page, text
     assert 'class="notdrawn"' not in page
     assert 'class="missing"' not in page   # a finished run misses nothing
+    # hover values: the tickets' points, named and valued as on the axes
+    hovers = re.findall(r"<circle [^>]*><title>([^<]*)</title>", page)
+    assert any(h.startswith("winning ticket\n% weights remaining: ") and "\ntest accuracy (%): " in h for h in hovers)
+
+
+def test_figures_carry_their_points_for_hover_values():
+    """Every labelled data point of a figure is carried in its PNG at the pixel where it is drawn (the pixel
+    there has its curve's colour), with its curve, the x category or value and the y value as plotted."""
+    from PIL import Image
+
+    from ticketlab.report import figures, html
+
+    data = {"a": [(0, 0.1, 0.01), (1, 0.5, 0.02), (2, 0.3, 0.0)], "b": [(0, 0.7, 0.0), (1, 0.2, 0.0), (2, 0.9, 0.0)]}
+    png = figures.curves([("", data)], "t", "gen", "acc (%)", categories=["x", "y", "z"])
+    size, points = html.png_hover(png)
+    image = Image.open(io.BytesIO(png)).convert("RGB")
+    assert size == image.size and len(points) == 6
+    colours = {"a": (31, 119, 180), "b": (255, 127, 14)}   # tab:blue, tab:orange
+    for (x, y, text), (curve, (category, value)) in zip(points, [(c, p) for c in data for p in zip("xyz", data[c])]):
+        assert text == f"{curve}\ngen: {category}\nacc (%): {100 * value[1]:.4g}"
+        assert image.getpixel((round(x), round(y))) == colours[curve]
+    tag = html.img(png, "t")
+    assert tag.count("<circle") == 6 and f'viewBox="0 0 {size[0]} {size[1]}"' in tag
+    assert html.png_hover(b"not a png") == ((0, 0), []) and html.img(b"\x89PNG\r\n\x1a\n" + bytes(16), "x").startswith("<img")
 
 
 def test_report_of_a_lottery_run_with_lca(run_cli, tmp_path):

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import base64
 import html
+import json
 import math
 import re
 import time
@@ -1257,6 +1258,9 @@ table { border-collapse: collapse; font-size: .85em; margin: .5em 0; }
 th, td { border: 1px solid #ddd; padding: .25em .5em; text-align: left; vertical-align: top; }
 th { background: #f3f3f3; }
 figure { margin: 1em 0 2em 0; } figure img { max-width: 100%; border: 1px solid #eee; }
+.hover { position: relative; display: inline-block; max-width: 100%; } .hover img { display: block; }
+.hover svg { position: absolute; left: 0; top: 0; width: 100%; height: 100%; }
+.hover circle { fill: #000; fill-opacity: 0; } .hover circle:hover { fill-opacity: .25; }
 figcaption { font-size: .85em; color: #555; max-width: 900px; }
 .missing { background: #fff4e5; border-left: 4px solid #f0a030; padding: .5em 1em; margin: .5em 0; font-size: .9em; }
 .notdrawn { color: #a33; font-size: .9em; }
@@ -1270,7 +1274,41 @@ def esc(text) -> str:
 
 
 def img(png: bytes, alt: str) -> str:
-    return f'<img alt="{esc(alt)}" title="{esc(alt)}" src="data:image/png;base64,{base64.b64encode(png).decode("ascii")}">'
+    """The figure, and over it its data points (`plots.hover_points`, carried in the PNG) as transparent
+    circles of an SVG that scales with the image: resting the pointer on a point shows its values."""
+    tag = f'<img alt="{esc(alt)}" title="{esc(alt)}" src="data:image/png;base64,{base64.b64encode(png).decode("ascii")}">'
+    size, points = png_hover(png)
+    if not points:
+        return tag
+    circles = "".join(f'<circle cx="{x:g}" cy="{y:g}" r="7"><title>{esc(text)}</title></circle>' for x, y, text in points)
+    return (f'<div class="hover">{tag}<svg viewBox="0 0 {size[0]} {size[1]}" preserveAspectRatio="none" '
+            f'aria-hidden="true">{circles}</svg></div>')
+
+
+def png_hover(png: bytes) -> tuple[tuple[int, int], list]:
+    """((width, height), hover points) of a PNG written by `plots._png`; no points for any other PNG or a
+    malformed text chunk (the figure is then shown without them)."""
+    from .plots import HOVER_KEY
+
+    if png[:8] != b"\x89PNG\r\n\x1a\n" or len(png) < 24:
+        return (0, 0), []
+    size = (int.from_bytes(png[16:20], "big"), int.from_bytes(png[20:24], "big"))
+    at, key = 8, HOVER_KEY.encode("latin-1") + b"\0"
+    while at + 8 <= len(png):
+        length, kind = int.from_bytes(png[at:at + 4], "big"), png[at + 4:at + 8]
+        data = png[at + 8:at + 8 + length]
+        if kind == b"tEXt" and data.startswith(key):
+            try:
+                points = json.loads(data[len(key):].decode("latin-1"))
+            except ValueError:
+                return size, []
+            ok = isinstance(points, list) and all(isinstance(p, list) and len(p) == 3 and isinstance(p[2], str)
+                                                  and all(isinstance(v, (int, float)) for v in p[:2]) for p in points)
+            return size, points if ok else []
+        if kind == b"IDAT":   # text chunks come first in ours
+            break
+        at += 12 + length
+    return size, []
 
 
 def rows_table(rows: list[dict], limit: int = 200) -> str:

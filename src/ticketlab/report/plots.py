@@ -7,6 +7,7 @@ legend says how many each curve lost ("(2 diverged, not shown)"); a plot with no
 from __future__ import annotations
 
 import io
+import json
 import math
 
 import matplotlib
@@ -20,11 +21,60 @@ ARM_STYLE = {"ticket": ("tab:blue", "o", "winning ticket"), "random_reinit": ("t
              "gmp": ("tab:red", "D", "GMP (Zhu & Gupta)"), "set": ("tab:olive", "P", "SET"), "rigl": ("tab:cyan", "X", "RigL")}
 
 
+DPI = 120
+HOVER_KEY = "ticketlab.hover"   # a PNG text chunk: the figure's data points in the image's pixels (`hover_points`)
+MAX_HOVER = 4000                # points per figure with a hover value (a longer line is thinned evenly)
+
+
 def _png(fig) -> bytes:
+    """The figure as PNG (tight, padded 0.1 in), carrying its data points for hover values (`HOVER_KEY`)."""
+    fig.set_dpi(DPI)
+    fig.canvas.draw()
+    bbox = fig.get_tightbbox(fig.canvas.get_renderer()).padded(0.1)
+    points = hover_points(fig, bbox)
     buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=120, bbox_inches="tight")
+    fig.savefig(buf, format="png", dpi=DPI, bbox_inches=bbox,
+                metadata={HOVER_KEY: json.dumps(points, separators=(",", ":"))} if points else None)
     plt.close(fig)
     return buf.getvalue()
+
+
+def hover_points(fig, bbox) -> list[list]:
+    """[x px, y px, text] of each point of every labelled data line (markers and lines in data coordinates;
+    not bands, reference lines or heat maps), in the pixels of the image saved at `DPI` within `bbox`
+    (inches): what the report shows when the pointer rests on a point. The text names the curve (and the
+    panel, when there are several) and gives both values as the axes show them."""
+    def value(v: float, ticks: dict) -> str:
+        return ticks.get(round(v, 9)) or f"{v:.4g}"
+
+    lines = [(ax, line) for ax in fig.axes for line in ax.get_lines()
+             if line.get_visible() and not line.get_label().startswith("_") and line.get_transform() is ax.transData]
+    total = sum(len(line.get_xdata()) for _, line in lines)
+    step = max(1, math.ceil(total / MAX_HOVER))
+    panels = sum(1 for ax in fig.axes if ax.get_lines())
+    out = []
+    for ax, line in lines:
+        ticks = {round(float(t), 9): lab.get_text() for t, lab in zip(ax.get_xticks(), ax.get_xticklabels())
+                 if lab.get_text() and not _is_number(lab.get_text())}   # categories: their names
+        name = line.get_label() + (f" ({ax.get_title()})" if panels > 1 and ax.get_title() else "")
+        box = ax.get_window_extent()
+        for x, y in line.get_xydata()[::step]:
+            if not (math.isfinite(x) and math.isfinite(y)):
+                continue
+            px, py = ax.transData.transform((x, y))
+            if not (box.x0 - 1 <= px <= box.x1 + 1 and box.y0 - 1 <= py <= box.y1 + 1):   # clipped away
+                continue
+            text = f"{name}\n{ax.get_xlabel() or 'x'}: {value(float(x), ticks)}\n{ax.get_ylabel() or 'y'}: {value(float(y), {})}"
+            out.append([round((px / fig.dpi - bbox.x0) * DPI, 1), round((bbox.y1 - py / fig.dpi) * DPI, 1), text])
+    return out
+
+
+def _is_number(text: str) -> bool:
+    try:
+        float(text.replace("\u2212", "-"))   # matplotlib's minus sign
+        return True
+    except ValueError:
+        return False
 
 
 def _finish(fig, ax, xlabel: str, ylabel: str, title: str, legend: int | None = 8, title_size: float | None = None) -> bytes:
