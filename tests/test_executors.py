@@ -49,3 +49,23 @@ def test_results_are_the_same_on_every_executor(tmp_path, experiment, local_ray)
     assert tables["one process"], "the experiment wrote no rows"
     assert tables["two workers"] == tables["one process"]
     assert tables["ray"] == tables["one process"]
+
+
+@pytest.mark.heavy
+def test_a_fault_in_a_ray_task_reaches_the_command_as_itself(local_ray):
+    """An exception of a unit on Ray (a full disk, say) is raised in the main process as the worker raised it,
+    as with local worker processes: the CLI prints its one line (exit 3), not Ray's wrapped traceback."""
+    from ticketlab.errors import Fault
+    from ticketlab.run.executors import RayCluster
+
+    def full_disk(ref, keys, stack, max_batch):
+        raise Fault("/runs/lottery-x/seed-0: no space left on device")
+
+    cluster = RayCluster({"exp": None}, workers=1)
+    cluster.remote = ray.remote(num_cpus=1, max_retries=0)(full_disk)
+    cluster.submit("batch", "exp", ["key"], False, 1)
+    with pytest.raises(Fault) as caught:
+        while not cluster.collect(5.0):
+            pass
+    assert type(caught.value) is Fault and str(caught.value) == "/runs/lottery-x/seed-0: no space left on device"
+    cluster.close()

@@ -213,7 +213,18 @@ class RayCluster:
         if not self.pending:
             return []
         ready, _ = self.ray.wait(list(self.pending), num_returns=1, timeout=timeout)
-        return [(self.pending.pop(r), self.ray.get(r)) for r in ready]
+        out = []
+        for r in ready:
+            batch = self.pending.pop(r)
+            try:
+                out.append((batch, self.ray.get(r)))
+            except self.ray.exceptions.RayTaskError as e:
+                # the task's own exception, as a local worker process would raise it: a fault of the
+                # machine (a full disk, say) is then the CLI's one line, not Ray's wrapped traceback
+                if isinstance(getattr(e, "cause", None), Exception):
+                    raise e.cause from None
+                raise
+        return out
 
     def progress(self) -> list:
         return []
