@@ -145,10 +145,29 @@ def test_conv_and_bn_networks_slim_to_fewer_channels(name, shape, dims):
     assert sum(p.numel() for p in slim.parameters()) < 0.7 * sum(p.numel() for p in full.parameters())
 
 
-def test_resnet_is_refused_in_one_line():
+@pytest.mark.parametrize("name,shape,stages", [("resnet20", (3, 8, 8), [12, 23, 45]), ("resnet18", (3, 16, 16), [45, 90, 180, 359])])
+def test_resnets_slim_to_narrower_stages(name, shape, stages):
+    """A ResNet's kels fit hypothesis is the same ResNet with narrower stages (ceil(0.7 f): 16/32/64 -> 12/23/45,
+    uneven); its residual sums add kept channels to kept channels, so it equals the zeroed full network."""
+    full, state = _trained_like(name, shape)
+    entry = {"name": name, "input_shape": list(shape), "num_classes": 10, "widths": None, "init": "kaiming_normal"}
+    slim, slim_entry, zeroed, _ = kels_network(entry, state, 0.7)
+    assert slim_entry["stages"] == stages
+    x = torch.randn(4, *shape, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        expected = zeroed(x)
+        assert (slim(x) - expected).abs().max() <= 1e-5 * max(1.0, float(expected.abs().max()))
+        full.load_state_dict(state)
+        assert (full.eval()(x) - expected).abs().max() > 1e-3   # the dropped channels did contribute
+    assert sum(p.numel() for p in slim.parameters()) < 0.6 * sum(p.numel() for p in full.parameters())
+    from ticketlab.export import build_network
+    rebuilt = build_network(slim_entry)   # what load_ticket builds from the file's metadata
+    assert [tuple(t.shape) for t in rebuilt.state_dict().values()] == [tuple(t.shape) for t in slim.state_dict().values()]
+
+
+def test_a_model_without_a_slim_form_is_refused_in_one_line():
     from ticketlab.errors import UserError
 
-    _, state = _trained_like("resnet20", (3, 8, 8))
-    entry = {"name": "resnet20", "input_shape": [3, 8, 8], "num_classes": 10, "widths": None, "init": "kaiming_normal"}
-    with pytest.raises(UserError, match="no slim network .* resnet20"):
-        kels_network(entry, state, 0.8)
+    entry = {"name": "lenet_5", "input_shape": [3, 8, 8], "num_classes": 10, "widths": None, "init": "kaiming_normal"}
+    with pytest.raises(UserError, match="no slim network .* lenet_5; supported: .*resnet20"):
+        kels_network(entry, {}, 0.8)

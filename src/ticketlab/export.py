@@ -192,7 +192,7 @@ class Ticket(nn.Module):
 def build_network(model: dict, meta_device: bool = False) -> nn.Module:
     """The (uninitialised) network the metadata's `model` entry describes: the registry's model, or a
     channel-pruned copy of `mnist1d_cnn_bn` / a VGG with the recorded channels, or a narrower `mnist1d_cnn` /
-    conv2/4/6 (a kels fit hypothesis)."""
+    conv2/4/6 / ResNet (a kels fit hypothesis)."""
     name = model["name"]
     shape = tuple(int(d) for d in model["input_shape"])
     classes = int(model["num_classes"])
@@ -221,6 +221,16 @@ def build_network(model: dict, meta_device: bool = False) -> nn.Module:
             raise ValueError(f"filters {list(filters)} recorded for {name!r}, which is no conv2/4/6 of that depth")
         with device:
             return ConvNet(shape, filters, classes, hidden=tuple(int(h) for h in model.get("hidden") or (256, 256)))
+    if "stages" in model:   # a kels fit hypothesis of a ResNet: narrower stages
+        from .models.resnet import ImageNetResNet, ResNet
+
+        stages = tuple(int(c) for c in model["stages"])
+        with device:
+            if name == "resnet18" and len(stages) == 4:
+                return ImageNetResNet(shape, (2, 2, 2, 2), classes, name, stages=stages)
+            if name.startswith("resnet") and name != "resnet18" and name[6:].isdigit() and len(stages) == 3:
+                return ResNet(shape, int(name[6:]), classes, stages=stages)
+        raise ValueError(f"stages {list(stages)} recorded for {name!r}, which is no ResNet of that many stages")
     if "plan" in model:
         from .models.vgg import PLANS, VGG
 
@@ -497,8 +507,9 @@ def _reference(experiment: str, model_spec: dict, unit, input_shape, num_classes
 
 
 # ---------------------------------------------------------------- forget: knowledge evolution's kels fit hypothesis
+RESNETS = ("resnet20", "resnet32", "resnet44", "resnet56", "resnet110", "resnet18")
 KELS_MODELS = ("mlp", "mnist1d_mlp", "lenet_300_100", "mnist1d_cnn", "mnist1d_cnn_bn", "conv2", "conv4", "conv6",
-               "vgg11_bn", "vgg13_bn", "vgg16_bn", "vgg19_bn")
+               "vgg11_bn", "vgg13_bn", "vgg16_bn", "vgg19_bn", *RESNETS)
 
 
 def kels_network(entry: dict, state: dict[str, torch.Tensor], split_rate: float) -> tuple[nn.Module, dict, nn.Module, dict]:
@@ -519,8 +530,7 @@ def kels_network(entry: dict, state: dict[str, torch.Tensor], split_rate: float)
 
     name = entry["name"]
     if name not in KELS_MODELS:
-        raise UserError(f"export: no slim network of a kels fit hypothesis of {name} (its shortcuts would need a "
-                        f"network of per-stage widths); supported: {', '.join(KELS_MODELS)}")
+        raise UserError(f"export: no slim network of a kels fit hypothesis of {name}; supported: {', '.join(KELS_MODELS)}")
     full = build_network(entry)
     full.load_state_dict(state)
     masks, _ = keep_masks(full, Forgetting("ke", split_rate=split_rate, split_mode="kels"), seed=0, generation=0)
@@ -535,6 +545,8 @@ def kels_network(entry: dict, state: dict[str, torch.Tensor], split_rate: float)
     elif name in ("conv2", "conv4", "conv6"):
         slim_entry.update(filters=[kept[f"convs.{i}"] for i in range(len(full.convs))],
                           hidden=[kept[f"hidden.{i}"] for i in range(len(full.hidden))])
+    elif name in RESNETS:
+        slim_entry["stages"] = _resnet_stages(full, kept)
     else:
         slim_entry["plan"] = ["M" if isinstance(m, nn.MaxPool2d) else kept[f"layers.{n}.conv"]
                               for n, m in full.layers.named_children()]
@@ -549,6 +561,28 @@ def kels_network(entry: dict, state: dict[str, torch.Tensor], split_rate: float)
         slim_state[k] = zeroed[k][corner].clone()
     slim.load_state_dict(slim_state)
     return slim.eval(), slim_entry, full.eval(), masks
+
+
+def _resnet_stages(full: nn.Module, kept: dict[str, int]) -> list[int]:
+    """A ResNet's kept filters per stage. Every convolution of a stage (and the stem, with the first stage)
+    keeps the same leading ceil(r f) channels, so a residual sum adds kept channels to kept channels and the
+    dropped ones (constants after BatchNorm) reach only zeroed weights: the slim network is the same ResNet
+    with narrower stages."""
+    stem = "conv" if hasattr(full, "blocks") else "conv1"
+    stages: dict[int, set[int]] = {0: {kept[stem]}}
+    if hasattr(full, "blocks"):   # CIFAR ResNet: blocks.i, the stage from its filters
+        widths = sorted({b.conv2.out_channels for b in full.blocks})
+        for i, block in enumerate(full.blocks):
+            stages.setdefault(widths.index(block.conv2.out_channels), set()).update(
+                kept[f"blocks.{i}.{c}"] for c in ("conv1", "conv2", "shortcut.0") if f"blocks.{i}.{c}" in kept)
+    else:   # ImageNet ResNet: layer1..layer4
+        for s in range(1, 5):
+            for i, _ in enumerate(getattr(full, f"layer{s}")):
+                stages.setdefault(s - 1, set()).update(kept[f"layer{s}.{i}.{c}"] for c in ("conv1", "conv2", "downsample.0")
+                                                       if f"layer{s}.{i}.{c}" in kept)
+    if any(len(v) != 1 for v in stages.values()):   # cannot happen: every layer of a stage has its width
+        raise RuntimeError(f"export: a kels fit hypothesis with unequal widths within a stage: {stages}")
+    return [stages[s].pop() for s in sorted(stages)]
 
 
 def _forget_reference(record: dict, unit, generation: int, input_shape, num_classes):
@@ -710,7 +744,7 @@ def export(run_dir: str | Path, *, seed: int, level: int | None = None, arm: str
         if not fit <= 1e-4 * max(1.0, float(full.abs().max()) if full.numel() else 1.0):
             raise RuntimeError(f"export of {what}: the slim network differs from the full network with its non-kept "
                                f"weights zeroed by {fit:.3g}; nothing was written")
-        report["widths"] = {k: entry[k] for k in ("widths", "channels", "filters", "hidden", "plan") if entry.get(k)}
+        report["widths"] = {k: entry[k] for k in ("widths", "channels", "filters", "hidden", "plan", "stages") if entry.get(k)}
         if not check_samples:   # the slim network's own accuracy (the run's test_accuracy is the full network's)
             info["fit_test_accuracy"] = float((reference.argmax(1) == ds.test_y.to(reference.device)).float().mean()) \
                 if len(test_x) else None

@@ -37,17 +37,22 @@ class Block(nn.Module):
 
 
 class ResNet(nn.Module):
-    def __init__(self, input_shape: tuple[int, ...], depth: int, num_classes: int, width: int = 16):
+    """`stages`: the filters of the three stages (the stem has the first stage's); default (w, 2w, 4w) for
+    `width` w. Other stage widths are a narrower network (a knowledge-evolution fit hypothesis, `export.py`)."""
+
+    def __init__(self, input_shape: tuple[int, ...], depth: int, num_classes: int, width: int = 16,
+                 stages: tuple[int, int, int] | None = None):
         super().__init__()
         if (depth - 2) % 6 != 0 or depth < 8:
             raise UserError(f"a CIFAR ResNet has depth 6D+2 with D >= 1 (20, 32, 44, 56, 110), got {depth}")
         if len(input_shape) != 3:
             raise UserError(f"resnet{depth} takes an image input shape (C, H, W), got {tuple(input_shape)}")
+        stages = tuple(stages) if stages is not None else (width, 2 * width, 4 * width)
         blocks_per_stage = (depth - 2) // 6
-        self.conv = nn.Conv2d(input_shape[0], width, kernel_size=3, stride=1, padding=1, bias=False)
-        self.bn = nn.BatchNorm2d(width)
-        blocks, filters = [], width
-        for stage, f_out in enumerate((width, 2 * width, 4 * width)):
+        self.conv = nn.Conv2d(input_shape[0], stages[0], kernel_size=3, stride=1, padding=1, bias=False)
+        self.bn = nn.BatchNorm2d(stages[0])
+        blocks, filters = [], stages[0]
+        for stage, f_out in enumerate(stages):
             for index in range(blocks_per_stage):
                 stride = 2 if stage > 0 and index == 0 else 1
                 blocks.append(Block(filters, f_out, stride))
@@ -94,19 +99,20 @@ class BasicBlock(nn.Module):
 class ImageNetResNet(nn.Module):
     """The ImageNet-style ResNet (He et al. 2016, Table 1) with torchvision's layout and names: `conv1`
     (7x7, stride 2, 64 filters, no bias) + `bn1` + ReLU, 3x3 max-pool with stride 2, stages `layer1`..`layer4`
-    of basic blocks with 64/128/256/512 filters (stride 2 in the first block of stages 2-4), adaptive
-    average pooling to 1x1, and `fc` (Linear(512, classes)). ResNet-18 (2 blocks a stage) has 11,689,512
+    of basic blocks with 64/128/256/512 filters (`stages`; the stem has the first stage's) (stride 2 in the
+    first block of stages 2-4), adaptive average pooling to 1x1, and `fc` (Linear(512, classes)). ResNet-18 (2 blocks a stage) has 11,689,512
     parameters for 1000 classes. Any image of at least 1x1 pixels goes through (the pooling adapts)."""
 
-    def __init__(self, input_shape: tuple[int, ...], blocks: tuple[int, ...], num_classes: int, name: str):
+    def __init__(self, input_shape: tuple[int, ...], blocks: tuple[int, ...], num_classes: int, name: str,
+                 stages: tuple[int, ...] = (64, 128, 256, 512)):
         super().__init__()
         if len(input_shape) != 3:
             raise UserError(f"{name} takes an image input shape (C, H, W), got {tuple(input_shape)}")
-        self.conv1 = nn.Conv2d(input_shape[0], 64, kernel_size=7, stride=2, padding=3, bias=False)
-        self.bn1 = nn.BatchNorm2d(64)
+        self.conv1 = nn.Conv2d(input_shape[0], stages[0], kernel_size=7, stride=2, padding=3, bias=False)
+        self.bn1 = nn.BatchNorm2d(stages[0])
         self.maxpool = nn.MaxPool2d(kernel_size=3, stride=2, padding=1)
-        f_in = 64
-        for stage, (count, f_out) in enumerate(zip(blocks, (64, 128, 256, 512)), start=1):
+        f_in = stages[0]
+        for stage, (count, f_out) in enumerate(zip(blocks, stages), start=1):
             layers = []
             for index in range(count):
                 layers.append(BasicBlock(f_in, f_out, 2 if stage > 1 and index == 0 else 1))
