@@ -11,7 +11,7 @@ from ticketlab.errors import UserError
 from ticketlab.experiments.common import Setup
 from ticketlab.experiments.earlybird import EarlyBirdSpec, Search, run
 from ticketlab.instruments import channel_prune
-from ticketlab.instruments.mask_distance import EarlyBird, distance_matrix, global_mask, hamming, scores
+from ticketlab.instruments.mask_distance import EarlyBird, bn_layers, distance_matrix, global_mask, hamming, scores
 from ticketlab.models import build
 from ticketlab.sparse import Mask, prune
 from ticketlab.sparse.count import kept_count, pruned_count
@@ -114,17 +114,24 @@ def test_real_channel_pruning_equals_the_masked_network(mode, empty_layer):
     assert channel_prune.forward_flops(small, (40,)) < channel_prune.forward_flops(m, (40,))
 
 
+@torch.no_grad()
+def as_trained_bn(m, g):
+    """BatchNorm scales, shifts and statistics away from their init, as after training."""
+    for module in m.modules():
+        if isinstance(module, torch.nn.BatchNorm2d):
+            module.weight.copy_(torch.randn(module.num_features, generator=g))
+            module.bias.copy_(0.1 * torch.randn(module.num_features, generator=g))
+            module.running_mean.copy_(0.1 * torch.randn(module.num_features, generator=g))
+            module.running_var.copy_(torch.rand(module.num_features, generator=g) + 0.5)
+
+
 @pytest.mark.parametrize("mode", ["eval", "train"])
 def test_real_channel_pruning_of_vgg_equals_the_masked_network(mode):
     m = build("vgg11_bn", (3, 16, 16), 10, seed=0)
     g = torch.Generator().manual_seed(3)
-    with torch.no_grad():  # as after training: BatchNorm scales, shifts and statistics away from their init
+    as_trained_bn(m, g)
+    with torch.no_grad():
         for module in m.modules():
-            if isinstance(module, torch.nn.BatchNorm2d):
-                module.weight.copy_(torch.randn(module.num_features, generator=g))
-                module.bias.copy_(0.1 * torch.randn(module.num_features, generator=g))
-                module.running_mean.copy_(0.1 * torch.randn(module.num_features, generator=g))
-                module.running_var.copy_(torch.rand(module.num_features, generator=g) + 0.5)
             if isinstance(module, torch.nn.Conv2d):
                 module.bias.copy_(0.1 * torch.randn(module.out_channels, generator=g))
     keep = global_mask(scores(m), 0.6)
@@ -139,6 +146,31 @@ def test_real_channel_pruning_of_vgg_equals_the_masked_network(mode):
     with torch.no_grad():
         assert torch.allclose(small(x), m(x), atol=1e-4, rtol=1e-4)
     assert channel_prune.forward_flops(small, (3, 16, 16)) < channel_prune.forward_flops(m, (3, 16, 16))
+
+
+@pytest.mark.parametrize("mode", ["eval", "train"])
+@pytest.mark.parametrize("name,shape", [("resnet20", (3, 16, 16)), ("resnet18", (3, 32, 32))])
+def test_real_channel_pruning_of_resnets_prunes_inside_blocks_and_equals_the_masked_network(name, shape, mode):
+    """A ResNet's channels are pruned only between a block's two convolutions (the others feed residual
+    sums): the smaller network has those fewer channels, its stages intact, and computes the masked network."""
+    m = build(name, shape, 10, seed=0)
+    assert bn_layers(m) == [n for n, mod in m.named_modules() if n.endswith(".bn1") and n.count(".") == 2]
+    g = torch.Generator().manual_seed(3)
+    as_trained_bn(m, g)
+    keep = global_mask(scores(m), 0.6)
+    per_layer = channel_prune.split(m, keep)
+    per_layer[bn_layers(m)[0]][:] = False   # a block losing every inner channel keeps one, at zero
+    channel_prune.mask_channels_(m, per_layer)
+    small = channel_prune.prune_channels(m, per_layer)
+    assert channel_prune.resnet_inner(small) == [max(int(k.sum()), 1) for k in per_layer.values()]
+    assert small.stages == m.stages and small.fc.in_features == m.fc.in_features
+    x = torch.randn(4, *shape, generator=g)
+    getattr(m, mode)()
+    getattr(small, mode)()
+    with torch.no_grad():
+        expected = m(x)
+        assert (small(x) - expected).abs().max() <= 1e-4 * max(1.0, float(expected.abs().max()))
+    assert channel_prune.forward_flops(small, shape) < 0.7 * channel_prune.forward_flops(m, shape)
 
 
 def test_forward_flops_by_hand_and_unsupported_models():
@@ -234,7 +266,6 @@ MLP = ["--model", "mlp", "--widths", "8"]
     ([*MLP, "--steps", "2ep"], "the search needs at least --eb-window 5 epochs"),
     ([*MLP, "--prune-ratios", "0.5,1.5"], "--prune-ratios: must be in (0, 1)"),
     ([*MLP, "--eb-window", "1"], "--eb-window: must be >= 2"),
-    (["--model", "resnet20"], "real channel pruning supports mnist1d_cnn_bn, vgg11_bn"),
 ])
 def test_cli_earlybird_bad_input(run_cli, tmp_path, args, message):
     out = tmp_path / "runs"

@@ -220,14 +220,18 @@ def test_missing_onnx_extra_is_one_line(lottery_run, tmp_path, run_cli, monkeypa
     assert not (tmp_path / "t.onnx").exists()
 
 
-def test_early_bird_ticket_exports_as_the_smaller_dense_network(tmp_path, run_cli):
+def earlybird_run(out, **settings):
+    """The folder of a tiny early-bird run on synthetic data (`settings` on top), run here."""
     from ticketlab.experiments.earlybird import EarlyBirdSpec, run
 
-    spec = specs.from_mapping(EarlyBirdSpec, dict(dataset="synthetic", model="mnist1d_cnn_bn", steps="6ep", batch_size=100,
-                                                  eval_every="6ep", lr=1e-2, prune_ratios=(0.6,), eb_epsilon=0.5,
-                                                  eb_window=2, workers=1))
-    run(spec, out=tmp_path, progress=False)
-    folder = tmp_path / f"earlybird-{specs.spec_hash(spec)}"
+    spec = specs.from_mapping(EarlyBirdSpec, dict(dataset="synthetic", batch_size=100, lr=1e-2, eb_epsilon=0.5, eb_window=2,
+                                                  workers=1, **settings))
+    run(spec, out=out, progress=False)
+    return out / f"earlybird-{specs.spec_hash(spec)}"
+
+
+def test_early_bird_ticket_exports_as_the_smaller_dense_network(tmp_path, run_cli):
+    folder = earlybird_run(tmp_path, model="mnist1d_cnn_bn", steps="6ep", eval_every="6ep", prune_ratios=(0.6,))
     out = tmp_path / "eb.safetensors"
     code, _, err = run_cli("export", folder, "--seed", 0, "--level", 1, "--out", out)
     assert code == 2 and "--ratio" in err
@@ -306,3 +310,25 @@ def test_corrupt_files_are_one_line(lottery_run, tmp_path, run_cli):
     out.write_bytes(save(tensors, metadata=meta))
     with pytest.raises(CorruptFile, match="do not fit"):
         ticketlab.load_ticket(out)
+
+
+def test_early_bird_resnet_ticket_exports_with_its_blocks_inner_channels(tmp_path, run_cli):
+    """A ResNet's early-bird ticket (channels pruned inside its blocks) exports as that smaller ResNet: the
+    metadata records each block's inner channels, load_ticket rebuilds it, and it gives the run's outputs."""
+    folder = earlybird_run(tmp_path, model="resnet20", steps="2ep", eval_every="1ep", prune_ratios=(0.5,))
+    out = tmp_path / "eb.safetensors"
+    code, stdout, err = run_cli("export", folder, "--seed", 0, "--ratio", 0.5, "--out", out)
+    assert code == 0, err
+    ticket = ticketlab.load_ticket(out)
+    final = Unit(folder / "seed-0" / "p-0.5").read("final.safetensors")
+    inner = [int(final[f"blocks.{i}.bn1.weight"].shape[0]) for i in range(9)]
+    assert ticket.info["model"]["inner"] == inner and sum(inner) < 9 * 32 and ticket.info["channel_pruned"]
+    from ticketlab.models.resnet import ResNet
+
+    net = ResNet((1, 16, 16), 20, 10, inner=tuple(inner))
+    net.load_state_dict(final)
+    x = torch.randn(5, 1, 16, 16)
+    with torch.no_grad():
+        assert torch.equal(ticket(x), net.eval()(x))
+    unpruned = sum(v.numel() * v.element_size() for v in models.build("resnet20", (1, 16, 16), 10, seed=0).state_dict().values())
+    assert f"the unpruned network in float32: {unpruned / 1e3:.1f} kB" in stdout

@@ -56,6 +56,7 @@ VERSION = 1
 ONNX_TOLERANCE = 1e-5
 INSTALL = "pip install 'ticketlab[export]'"
 EXPERIMENTS = ("lottery", "earlybird", "forget")
+RESNETS = ("resnet20", "resnet32", "resnet44", "resnet56", "resnet110", "resnet18")
 
 
 # ------------------------------------------------------------------------------------------ normalisation
@@ -192,7 +193,8 @@ class Ticket(nn.Module):
 def build_network(model: dict, meta_device: bool = False) -> nn.Module:
     """The (uninitialised) network the metadata's `model` entry describes: the registry's model, or a
     channel-pruned copy of `mnist1d_cnn_bn` / a VGG with the recorded channels, or a narrower `mnist1d_cnn` /
-    conv2/4/6 / ResNet (a kels fit hypothesis)."""
+    conv2/4/6 / ResNet (a kels fit hypothesis), or a ResNet with fewer channels inside its blocks (an
+    early-bird ticket)."""
     name = model["name"]
     shape = tuple(int(d) for d in model["input_shape"])
     classes = int(model["num_classes"])
@@ -221,16 +223,17 @@ def build_network(model: dict, meta_device: bool = False) -> nn.Module:
             raise ValueError(f"filters {list(filters)} recorded for {name!r}, which is no conv2/4/6 of that depth")
         with device:
             return ConvNet(shape, filters, classes, hidden=tuple(int(h) for h in model.get("hidden") or (256, 256)))
-    if "stages" in model:   # a kels fit hypothesis of a ResNet: narrower stages
-        from .models.resnet import ImageNetResNet, ResNet
+    if "stages" in model or "inner" in model:   # a ResNet's kels fit hypothesis (narrower stages) or early-bird
+        from .models.resnet import ImageNetResNet, ResNet   # ticket (fewer channels inside its blocks)
 
-        stages = tuple(int(c) for c in model["stages"])
+        stages = tuple(int(c) for c in model["stages"]) if model.get("stages") else None
+        inner = tuple(int(c) for c in model["inner"]) if model.get("inner") else None
         with device:
-            if name == "resnet18" and len(stages) == 4:
-                return ImageNetResNet(shape, (2, 2, 2, 2), classes, name, stages=stages)
-            if name.startswith("resnet") and name != "resnet18" and name[6:].isdigit() and len(stages) == 3:
-                return ResNet(shape, int(name[6:]), classes, stages=stages)
-        raise ValueError(f"stages {list(stages)} recorded for {name!r}, which is no ResNet of that many stages")
+            if name == "resnet18" and (stages is None or len(stages) == 4):
+                return ImageNetResNet(shape, (2, 2, 2, 2), classes, name, stages=stages or (64, 128, 256, 512), inner=inner)
+            if name in RESNETS and name != "resnet18" and (stages is None or len(stages) == 3):
+                return ResNet(shape, int(name[6:]), classes, stages=stages, inner=inner)
+        raise ValueError(f"stages {model.get('stages')} / inner widths recorded for {name!r}, which is no ResNet of that shape")
     if "plan" in model:
         from .models.vgg import PLANS, VGG
 
@@ -484,6 +487,10 @@ def _reference(experiment: str, model_spec: dict, unit, input_shape, num_classes
     elif "channels_kept" in result:   # an early-bird ticket pruned for real: a smaller dense network
         if entry["name"] == "mnist1d_cnn_bn":
             entry["channels"] = [int(final[f"conv{i}.weight"].shape[0]) for i in (1, 2, 3)]
+        elif entry["name"] in RESNETS:   # the channels between each block's two convolutions
+            from .sparse.structure import bn_layers
+
+            entry["inner"] = [int(final[f"{n}.weight"].shape[0]) for n in bn_layers(dense)]
         else:
             from .models.vgg import ConvModule
 
@@ -507,7 +514,6 @@ def _reference(experiment: str, model_spec: dict, unit, input_shape, num_classes
 
 
 # ---------------------------------------------------------------- forget: knowledge evolution's kels fit hypothesis
-RESNETS = ("resnet20", "resnet32", "resnet44", "resnet56", "resnet110", "resnet18")
 KELS_MODELS = ("mlp", "mnist1d_mlp", "lenet_300_100", "mnist1d_cnn", "mnist1d_cnn_bn", "conv2", "conv4", "conv6",
                "vgg11_bn", "vgg13_bn", "vgg16_bn", "vgg19_bn", *RESNETS)
 
@@ -716,7 +722,7 @@ def export(run_dir: str | Path, *, seed: int, level: int | None = None, arm: str
         mask, selection, tail = None, {}, f"ke-gen-{generation:02d}"
     else:
         net, entry, mask, extra = _reference(experiment, spec["model"], unit, ds.input_shape, ds.num_classes)
-        full_entry = {k: v for k, v in entry.items() if k not in ("channels", "plan")}
+        full_entry = {k: v for k, v in entry.items() if k not in ("channels", "plan", "inner")}
         selection = {"arm": arm, **({"level": level} if experiment == "lottery" else {"prune_ratio": ratio})}
         tail = f"level-{level:02d}-{arm}" if experiment == "lottery" else f"p-{ratio:g}"
     info = {"model": entry, "normalization": normalization(data_spec),
@@ -744,7 +750,8 @@ def export(run_dir: str | Path, *, seed: int, level: int | None = None, arm: str
         if not fit <= 1e-4 * max(1.0, float(full.abs().max()) if full.numel() else 1.0):
             raise RuntimeError(f"export of {what}: the slim network differs from the full network with its non-kept "
                                f"weights zeroed by {fit:.3g}; nothing was written")
-        report["widths"] = {k: entry[k] for k in ("widths", "channels", "filters", "hidden", "plan", "stages") if entry.get(k)}
+        report["widths"] = {k: entry[k] for k in ("widths", "channels", "filters", "hidden", "plan", "stages", "inner")
+                            if entry.get(k)}
         if not check_samples:   # the slim network's own accuracy (the run's test_accuracy is the full network's)
             info["fit_test_accuracy"] = float((reference.argmax(1) == ds.test_y.to(reference.device)).float().mean()) \
                 if len(test_x) else None

@@ -311,8 +311,9 @@ class EarlyBirdTickets(Experiment):
 
 def channel_prune_classes():
     from ..models.conv_bn import MNIST1DCNNBN
+    from ..models.resnet import ImageNetResNet, ResNet
     from ..models.vgg import VGG
-    return [MNIST1DCNNBN, VGG]
+    return [MNIST1DCNNBN, VGG, ResNet, ImageNetResNet]
 
 
 # ------------------------------------------------------------------------------------------------- run

@@ -3,10 +3,11 @@ computes the same function as the masked one (Network Slimming, Liu et al. 2017;
 
 The masked network is the original with gamma = beta = 0 on the pruned channels, so those channels output
 exactly 0 after BatchNorm and ReLU; removing them (their filters, their BatchNorm entries and the matching
-input slices of the next layer) changes nothing but the cost. Supported: `mnist1d_cnn_bn` and the VGG
-family (`vgg11_bn` ... `vgg19_bn`, the Early-Bird paper's network); ResNets are not (a residual sum ties the
-channels of a stage together, which one global BatchNorm threshold does not respect). A layer whose
-channels would all go keeps one channel with gamma = beta = 0 (still outputting 0), so shapes stay valid.
+input slices of the next layer) changes nothing but the cost. Supported: `mnist1d_cnn_bn`, the VGG family
+(`vgg11_bn` ... `vgg19_bn`, the Early-Bird paper's network) and the ResNets (`resnet20` ... `resnet110`,
+`resnet18`), where only the channels between a block's two convolutions are pruned (`structure.bn_layers`):
+the others feed residual sums, which tie a stage's channels together. A layer whose channels would all go
+keeps one channel with gamma = beta = 0 (still outputting 0), so shapes stay valid.
 """
 
 from __future__ import annotations
@@ -16,10 +17,12 @@ from torch import nn
 
 from ..errors import UserError
 from ..models.conv_bn import MNIST1DCNNBN
+from ..models.resnet import ImageNetResNet, ResNet
 from ..models.vgg import VGG, ConvModule
 from ..sparse.structure import bn_layers
 
-SUPPORTED = ("mnist1d_cnn_bn", "vgg11_bn", "vgg13_bn", "vgg16_bn", "vgg19_bn")
+SUPPORTED = ("mnist1d_cnn_bn", "vgg11_bn", "vgg13_bn", "vgg16_bn", "vgg19_bn", "resnet20", "resnet32", "resnet44",
+             "resnet56", "resnet110", "resnet18")
 
 
 def split(model: nn.Module, keep: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -50,6 +53,8 @@ def prune_channels(model: nn.Module, keep: dict[str, torch.Tensor]) -> nn.Module
     """The smaller network. `model` itself is not changed."""
     if isinstance(model, VGG):
         return _prune_vgg(model, keep)
+    if isinstance(model, (ResNet, ImageNetResNet)):
+        return _prune_resnet(model, keep)
     if not isinstance(model, MNIST1DCNNBN):
         raise UserError(f"real channel pruning supports {', '.join(SUPPORTED)}; got {type(model).__name__}")
     idx, empty = [], []
@@ -68,19 +73,23 @@ def prune_channels(model: nn.Module, keep: dict[str, torch.Tensor]) -> nn.Module
         if previous is not None:
             w = w.index_select(1, previous)
         getattr(small, f"conv{i}").weight.copy_(w)
-        sbn = getattr(small, f"bn{i}")
-        for attr in ("weight", "bias", "running_mean", "running_var"):
-            getattr(sbn, attr).copy_(getattr(bn, attr).index_select(0, rows))
-        sbn.num_batches_tracked.copy_(bn.num_batches_tracked)
-        if empty[i - 1]:
-            sbn.weight.zero_()
-            sbn.bias.zero_()
+        _copy_bn(getattr(small, f"bn{i}"), bn, rows, empty[i - 1])
         previous = rows
     fc = model.fc.weight.view(model.fc.out_features, -1, model.out_length)
     small.fc.weight.copy_(fc.index_select(1, previous).reshape(model.fc.out_features, -1))
     small.fc.bias.copy_(model.fc.bias)
     small.train(model.training)
     return small
+
+
+def _copy_bn(little: nn.Module, big: nn.Module, idx: torch.Tensor, empty: bool) -> None:
+    """The kept channels' BatchNorm entries; a layer with none kept keeps one channel at gamma = beta = 0."""
+    for attr in ("weight", "bias", "running_mean", "running_var"):
+        getattr(little, attr).copy_(getattr(big, attr).index_select(0, idx))
+    little.num_batches_tracked.copy_(big.num_batches_tracked)
+    if empty:
+        little.weight.zero_()
+        little.bias.zero_()
 
 
 def _kept_rows(k: torch.Tensor) -> tuple[torch.Tensor, bool]:
@@ -108,15 +117,44 @@ def _prune_vgg(model: VGG, keep: dict[str, torch.Tensor]) -> VGG:
         w = big.conv.weight.index_select(0, idx)
         little.conv.weight.copy_(w if previous is None else w.index_select(1, previous))
         little.conv.bias.copy_(big.conv.bias.index_select(0, idx))
-        for attr in ("weight", "bias", "running_mean", "running_var"):
-            getattr(little.bn, attr).copy_(getattr(big.bn, attr).index_select(0, idx))
-        little.bn.num_batches_tracked.copy_(big.bn.num_batches_tracked)
-        if empty:
-            little.bn.weight.zero_()
-            little.bn.bias.zero_()
+        _copy_bn(little.bn, big.bn, idx, empty)
         previous = idx
     small.fc.weight.copy_(model.fc.weight.index_select(1, previous))
     small.fc.bias.copy_(model.fc.bias)
+    small.train(model.training)
+    return small
+
+
+def resnet_inner(model: nn.Module) -> list[int]:
+    """A ResNet's channels between the two convolutions of each block, in block order."""
+    inner = set(bn_layers(model))
+    return [m.bn1.num_features for n, m in model.named_modules() if f"{n}.bn1" in inner]
+
+
+@torch.no_grad()
+def _prune_resnet(model: nn.Module, keep: dict[str, torch.Tensor]) -> nn.Module:
+    """A ResNet: each block keeps the filters of its first convolution (and their BatchNorm entries) for its
+    kept inner channels, and its second convolution the matching input slices; everything else is copied."""
+    names = bn_layers(model)
+    rows = {n: _kept_rows(keep[n]) for n in names}
+    inner = tuple(len(rows[n][0]) for n in names)
+    device = model.fc.weight.device
+    if isinstance(model, ResNet):
+        small = ResNet(model.input_shape, model.depth, model.fc.out_features, stages=model.stages, inner=inner)
+    else:
+        small = ImageNetResNet(model.input_shape, model.blocks_per_stage, model.fc.out_features, model.name,
+                               stages=model.stages, inner=inner)
+    small = small.to(device)
+    small.load_state_dict({k: v for k, v in model.state_dict().items() if not any(
+        k.startswith(n[:-len("bn1")] + p) for n in names for p in ("conv1.", "bn1.", "conv2."))}, strict=False)
+    little_modules = dict(small.named_modules())
+    for n in names:
+        block, idx_empty = n[:-len(".bn1")], rows[n]
+        idx, empty = idx_empty[0].to(device), idx_empty[1]
+        big, little = dict(model.named_modules())[block], little_modules[block]
+        little.conv1.weight.copy_(big.conv1.weight.index_select(0, idx))
+        _copy_bn(little.bn1, big.bn1, idx, empty)
+        little.conv2.weight.copy_(big.conv2.weight.index_select(1, idx))
     small.train(model.training)
     return small
 

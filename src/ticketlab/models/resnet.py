@@ -16,13 +16,15 @@ from ticketlab.errors import UserError
 
 
 class Block(nn.Module):
-    """A basic residual block; the shortcut is a 1x1 conv + BN only where the shape changes (option B)."""
+    """A basic residual block; the shortcut is a 1x1 conv + BN only where the shape changes (option B).
+    `inner`: the channels between its two convolutions (default f_out; fewer in a channel-pruned network)."""
 
-    def __init__(self, f_in: int, f_out: int, stride: int):
+    def __init__(self, f_in: int, f_out: int, stride: int, inner: int | None = None):
         super().__init__()
-        self.conv1 = nn.Conv2d(f_in, f_out, kernel_size=3, stride=stride, padding=1, bias=False)
-        self.bn1 = nn.BatchNorm2d(f_out)
-        self.conv2 = nn.Conv2d(f_out, f_out, kernel_size=3, stride=1, padding=1, bias=False)
+        inner = f_out if inner is None else inner
+        self.conv1 = nn.Conv2d(f_in, inner, kernel_size=3, stride=stride, padding=1, bias=False)
+        self.bn1 = nn.BatchNorm2d(inner)
+        self.conv2 = nn.Conv2d(inner, f_out, kernel_size=3, stride=1, padding=1, bias=False)
         self.bn2 = nn.BatchNorm2d(f_out)
         if stride != 1 or f_in != f_out:
             self.shortcut = nn.Sequential(nn.Conv2d(f_in, f_out, kernel_size=1, stride=stride, bias=False),
@@ -38,10 +40,11 @@ class Block(nn.Module):
 
 class ResNet(nn.Module):
     """`stages`: the filters of the three stages (the stem has the first stage's); default (w, 2w, 4w) for
-    `width` w. Other stage widths are a narrower network (a knowledge-evolution fit hypothesis, `export.py`)."""
+    `width` w. Other stage widths are a narrower network (a knowledge-evolution fit hypothesis, `export.py`).
+    `inner`: each block's channels between its convolutions (a channel-pruned early-bird ticket)."""
 
     def __init__(self, input_shape: tuple[int, ...], depth: int, num_classes: int, width: int = 16,
-                 stages: tuple[int, int, int] | None = None):
+                 stages: tuple[int, int, int] | None = None, inner: tuple[int, ...] | None = None):
         super().__init__()
         if (depth - 2) % 6 != 0 or depth < 8:
             raise UserError(f"a CIFAR ResNet has depth 6D+2 with D >= 1 (20, 32, 44, 56, 110), got {depth}")
@@ -51,11 +54,14 @@ class ResNet(nn.Module):
         blocks_per_stage = (depth - 2) // 6
         self.conv = nn.Conv2d(input_shape[0], stages[0], kernel_size=3, stride=1, padding=1, bias=False)
         self.bn = nn.BatchNorm2d(stages[0])
+        if inner is not None and len(inner) != 3 * blocks_per_stage:
+            raise ValueError(f"resnet{depth} has {3 * blocks_per_stage} blocks, got {len(inner)} inner widths")
+        self.depth, self.input_shape, self.stages = depth, tuple(input_shape), stages
         blocks, filters = [], stages[0]
         for stage, f_out in enumerate(stages):
             for index in range(blocks_per_stage):
                 stride = 2 if stage > 0 and index == 0 else 1
-                blocks.append(Block(filters, f_out, stride))
+                blocks.append(Block(filters, f_out, stride, None if inner is None else inner[len(blocks)]))
                 filters = f_out
         self.blocks = nn.Sequential(*blocks)
         self.fc = nn.Linear(filters, num_classes)
@@ -79,11 +85,12 @@ class BasicBlock(nn.Module):
     conv3x3-BN plus the shortcut (identity, or `downsample` = strided 1x1 conv + BN where the shape
     changes), then ReLU. Module names are torchvision's."""
 
-    def __init__(self, f_in: int, f_out: int, stride: int):
+    def __init__(self, f_in: int, f_out: int, stride: int, inner: int | None = None):
         super().__init__()
-        self.conv1 = nn.Conv2d(f_in, f_out, kernel_size=3, stride=stride, padding=1, bias=False)
-        self.bn1 = nn.BatchNorm2d(f_out)
-        self.conv2 = nn.Conv2d(f_out, f_out, kernel_size=3, stride=1, padding=1, bias=False)
+        inner = f_out if inner is None else inner
+        self.conv1 = nn.Conv2d(f_in, inner, kernel_size=3, stride=stride, padding=1, bias=False)
+        self.bn1 = nn.BatchNorm2d(inner)
+        self.conv2 = nn.Conv2d(inner, f_out, kernel_size=3, stride=1, padding=1, bias=False)
         self.bn2 = nn.BatchNorm2d(f_out)
         self.downsample = (nn.Sequential(nn.Conv2d(f_in, f_out, kernel_size=1, stride=stride, bias=False),
                                          nn.BatchNorm2d(f_out))
@@ -104,18 +111,23 @@ class ImageNetResNet(nn.Module):
     parameters for 1000 classes. Any image of at least 1x1 pixels goes through (the pooling adapts)."""
 
     def __init__(self, input_shape: tuple[int, ...], blocks: tuple[int, ...], num_classes: int, name: str,
-                 stages: tuple[int, ...] = (64, 128, 256, 512)):
+                 stages: tuple[int, ...] = (64, 128, 256, 512), inner: tuple[int, ...] | None = None):
         super().__init__()
         if len(input_shape) != 3:
             raise UserError(f"{name} takes an image input shape (C, H, W), got {tuple(input_shape)}")
+        if inner is not None and len(inner) != sum(blocks):
+            raise ValueError(f"{name} has {sum(blocks)} blocks, got {len(inner)} inner widths")
+        self.name, self.blocks_per_stage, self.input_shape, self.stages = name, tuple(blocks), tuple(input_shape), tuple(stages)
         self.conv1 = nn.Conv2d(input_shape[0], stages[0], kernel_size=7, stride=2, padding=3, bias=False)
         self.bn1 = nn.BatchNorm2d(stages[0])
         self.maxpool = nn.MaxPool2d(kernel_size=3, stride=2, padding=1)
-        f_in = stages[0]
+        f_in, made = stages[0], 0
         for stage, (count, f_out) in enumerate(zip(blocks, stages), start=1):
             layers = []
             for index in range(count):
-                layers.append(BasicBlock(f_in, f_out, 2 if stage > 1 and index == 0 else 1))
+                layers.append(BasicBlock(f_in, f_out, 2 if stage > 1 and index == 0 else 1,
+                                         None if inner is None else inner[made]))
+                made += 1
                 f_in = f_out
             setattr(self, f"layer{stage}", nn.Sequential(*layers))
         self.avgpool = nn.AdaptiveAvgPool2d(1)

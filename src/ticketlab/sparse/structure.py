@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from .. import models
+from ..models.resnet import BasicBlock, Block
 from .count import pruned_count
 
 
@@ -44,7 +45,12 @@ def global_mask(values: torch.Tensor, fraction: float) -> torch.Tensor:
 
 # ------------------------------------------------------------------------------------------- channels
 def bn_layers(model: nn.Module) -> list[str]:
-    """Module names of the affine BatchNorm layers, in module order."""
+    """Module names of the affine BatchNorm layers whose channels can be pruned, in module order: every one,
+    except in a ResNet, where only each block's inner one (`bn1`, between its two convolutions) is: the
+    others feed residual sums, which tie a stage's channels together."""
+    blocks = [n for n, m in model.named_modules() if isinstance(m, (Block, BasicBlock))]
+    if blocks:
+        return [f"{n}.bn1" for n in blocks]
     return [n for n, m in model.named_modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.affine]
 
 
