@@ -23,7 +23,7 @@ ARM_STYLE = {"ticket": ("tab:blue", "o", "winning ticket"), "random_reinit": ("t
 
 DPI = 120
 HOVER_KEY = "ticketlab.hover"   # a PNG text chunk: the figure's data points in the image's pixels (`hover_points`)
-MAX_HOVER = 4000                # points per figure with a hover value (a longer line is thinned evenly)
+MAX_HOVER = 500                 # points per figure with a hover value (more are thinned evenly: ~0.4 kB a point)
 
 
 def _png(fig) -> bytes:
