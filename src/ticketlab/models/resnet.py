@@ -15,9 +15,10 @@ from torch import nn
 from ticketlab.errors import UserError
 
 
-class Block(nn.Module):
-    """A basic residual block; the shortcut is a 1x1 conv + BN only where the shape changes (option B).
-    `inner`: the channels between its two convolutions (default f_out; fewer in a channel-pruned network)."""
+class Residual(nn.Module):
+    """What the two basic blocks share: conv3x3-BN-ReLU-conv3x3-BN, `inner` channels between the two
+    convolutions (default f_out; fewer in a channel-pruned network), and (`projection`) the 1x1 conv + BN a
+    shortcut needs where the shape changes (None where it does not)."""
 
     def __init__(self, f_in: int, f_out: int, stride: int, inner: int | None = None):
         super().__init__()
@@ -26,16 +27,26 @@ class Block(nn.Module):
         self.bn1 = nn.BatchNorm2d(inner)
         self.conv2 = nn.Conv2d(inner, f_out, kernel_size=3, stride=1, padding=1, bias=False)
         self.bn2 = nn.BatchNorm2d(f_out)
-        if stride != 1 or f_in != f_out:
-            self.shortcut = nn.Sequential(nn.Conv2d(f_in, f_out, kernel_size=1, stride=stride, bias=False),
-                                          nn.BatchNorm2d(f_out))
-        else:
-            self.shortcut = nn.Sequential()
+
+    @staticmethod
+    def projection(f_in: int, f_out: int, stride: int) -> nn.Sequential | None:
+        return (nn.Sequential(nn.Conv2d(f_in, f_out, kernel_size=1, stride=stride, bias=False), nn.BatchNorm2d(f_out))
+                if stride != 1 or f_in != f_out else None)
+
+    def residual(self, x: torch.Tensor) -> torch.Tensor:
+        return self.bn2(self.conv2(torch.relu(self.bn1(self.conv1(x)))))
+
+
+class Block(Residual):
+    """A basic residual block of the CIFAR ResNets; the shortcut is a 1x1 conv + BN only where the shape
+    changes (option B), else the identity (an empty `shortcut`)."""
+
+    def __init__(self, f_in: int, f_out: int, stride: int, inner: int | None = None):
+        super().__init__(f_in, f_out, stride, inner)
+        self.shortcut = self.projection(f_in, f_out, stride) or nn.Sequential()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = torch.relu(self.bn1(self.conv1(x)))
-        out = self.bn2(self.conv2(out))
-        return torch.relu(out + self.shortcut(x))
+        return torch.relu(self.residual(x) + self.shortcut(x))
 
 
 class ResNet(nn.Module):
@@ -80,27 +91,18 @@ def resnet(depth: int):
 
 
 # ---------------------------------------------------------------------------------------------- ResNet-18
-class BasicBlock(nn.Module):
+class BasicBlock(Residual):
     """ImageNet ResNet's basic block (He et al. 2016, Table 1; torchvision's `BasicBlock`): conv3x3-BN-ReLU-
     conv3x3-BN plus the shortcut (identity, or `downsample` = strided 1x1 conv + BN where the shape
     changes), then ReLU. Module names are torchvision's."""
 
     def __init__(self, f_in: int, f_out: int, stride: int, inner: int | None = None):
-        super().__init__()
-        inner = f_out if inner is None else inner
-        self.conv1 = nn.Conv2d(f_in, inner, kernel_size=3, stride=stride, padding=1, bias=False)
-        self.bn1 = nn.BatchNorm2d(inner)
-        self.conv2 = nn.Conv2d(inner, f_out, kernel_size=3, stride=1, padding=1, bias=False)
-        self.bn2 = nn.BatchNorm2d(f_out)
-        self.downsample = (nn.Sequential(nn.Conv2d(f_in, f_out, kernel_size=1, stride=stride, bias=False),
-                                         nn.BatchNorm2d(f_out))
-                           if stride != 1 or f_in != f_out else None)
+        super().__init__(f_in, f_out, stride, inner)
+        self.downsample = self.projection(f_in, f_out, stride)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = torch.relu(self.bn1(self.conv1(x)))
-        out = self.bn2(self.conv2(out))
         identity = x if self.downsample is None else self.downsample(x)
-        return torch.relu(out + identity)
+        return torch.relu(self.residual(x) + identity)
 
 
 class ImageNetResNet(nn.Module):

@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from .. import models
-from ..models.resnet import BasicBlock, Block
+from ..models.resnet import Residual
 from .count import pruned_count
 
 
@@ -48,7 +48,7 @@ def bn_layers(model: nn.Module) -> list[str]:
     """Module names of the affine BatchNorm layers whose channels can be pruned, in module order: every one,
     except in a ResNet, where only each block's inner one (`bn1`, between its two convolutions) is: the
     others feed residual sums, which tie a stage's channels together."""
-    blocks = [n for n, m in model.named_modules() if isinstance(m, (Block, BasicBlock))]
+    blocks = [n for n, m in model.named_modules() if isinstance(m, Residual)]
     if blocks:
         return [f"{n}.bn1" for n in blocks]
     return [n for n, m in model.named_modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.affine]
