@@ -7,17 +7,27 @@ import math
 
 import pytest
 import torch
+from interrupt import Stop, kill_at
 
 from ticketlab import models
 from ticketlab.data import load
 from ticketlab.sparse import Mask
 from ticketlab.sparse.allocation import erk
 from ticketlab.sparse.count import kept_count, pruned_count
-from ticketlab.sparse.dynamic import cosine_drop_fraction, drop_and_grow, gmp_sparsity, gmp_steps
+from ticketlab.sparse.dynamic import (
+    cosine_drop_fraction,
+    drop_and_grow,
+    gmp_sparsity,
+    gmp_steps,
+)
 from ticketlab.store import Unit
 from ticketlab.train import OnStep, Schedule, fit
 from ticketlab.train.fit import Checkpoints
-from ticketlab.train.sparse_callbacks import DynamicSparse, GradualMagnitude, random_mask
+from ticketlab.train.sparse_callbacks import (
+    DynamicSparse,
+    GradualMagnitude,
+    random_mask,
+)
 
 
 class Train:
@@ -44,21 +54,6 @@ def shapes(model):
 
 def dense_mask(model):
     return Mask({n: torch.ones(s, dtype=torch.bool) for n, s in shapes(model).items()}, list(shapes(model)))
-
-
-def state(model):
-    return {k: v.detach().clone() for k, v in model.state_dict().items()}
-
-
-class Stop(Exception):
-    pass
-
-
-def kill_at(step):
-    def kill(s, model):
-        if s == step:
-            raise Stop
-    return OnStep(kill)
 
 
 # ----------------------------------------------------------------------------------------------------- GMP

@@ -3,6 +3,7 @@
 
 import pytest
 import torch
+from interrupt import Stop, kill_at, state
 
 from ticketlab import models
 from ticketlab.data import load
@@ -43,21 +44,6 @@ def random_mask(seed):
 
 def equal_states(a: dict, b: dict) -> bool:
     return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
-
-
-def state(model) -> dict:
-    return {k: v.detach().clone() for k, v in model.state_dict().items()}
-
-
-class Stop(Exception):
-    pass
-
-
-def kill_at(step):
-    def kill(s, model):
-        if s == step:
-            raise Stop
-    return OnStep(kill)
 
 
 # --------------------------------------------------------------------------------------------- callbacks

@@ -574,18 +574,15 @@ def _resnet_stages(full: nn.Module, kept: dict[str, int]) -> list[int]:
     keeps the same leading ceil(r f) channels, so a residual sum adds kept channels to kept channels and the
     dropped ones (constants after BatchNorm) reach only zeroed weights: the slim network is the same ResNet
     with narrower stages."""
-    stem = "conv" if hasattr(full, "blocks") else "conv1"
+    from .models.resnet import Residual
+
+    stem = next(n for n, m in full.named_children() if isinstance(m, nn.Conv2d))
+    blocks = [(n, m) for n, m in full.named_modules() if isinstance(m, Residual)]
+    widths = sorted({m.conv2.out_channels for _, m in blocks})   # a stage's filters: its index
     stages: dict[int, set[int]] = {0: {kept[stem]}}
-    if hasattr(full, "blocks"):   # CIFAR ResNet: blocks.i, the stage from its filters
-        widths = sorted({b.conv2.out_channels for b in full.blocks})
-        for i, block in enumerate(full.blocks):
-            stages.setdefault(widths.index(block.conv2.out_channels), set()).update(
-                kept[f"blocks.{i}.{c}"] for c in ("conv1", "conv2", "shortcut.0") if f"blocks.{i}.{c}" in kept)
-    else:   # ImageNet ResNet: layer1..layer4
-        for s in range(1, 5):
-            for i, _ in enumerate(getattr(full, f"layer{s}")):
-                stages.setdefault(s - 1, set()).update(kept[f"layer{s}.{i}.{c}"] for c in ("conv1", "conv2", "downsample.0")
-                                                       if f"layer{s}.{i}.{c}" in kept)
+    for name, block in blocks:
+        stages.setdefault(widths.index(block.conv2.out_channels), set()).update(
+            v for k, v in kept.items() if k.startswith(name + "."))
     if any(len(v) != 1 for v in stages.values()):   # cannot happen: every layer of a stage has its width
         raise RuntimeError(f"export: a kels fit hypothesis with unequal widths within a stage: {stages}")
     return [stages[s].pop() for s in sorted(stages)]

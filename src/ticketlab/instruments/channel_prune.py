@@ -17,7 +17,7 @@ from torch import nn
 
 from ..errors import UserError
 from ..models.conv_bn import MNIST1DCNNBN
-from ..models.resnet import ImageNetResNet, ResNet
+from ..models.resnet import ImageNetResNet, ResNet, Residual
 from ..models.vgg import VGG, ConvModule
 from ..sparse.structure import bn_layers
 
@@ -127,31 +127,29 @@ def _prune_vgg(model: VGG, keep: dict[str, torch.Tensor]) -> VGG:
 
 def resnet_inner(model: nn.Module) -> list[int]:
     """A ResNet's channels between the two convolutions of each block, in block order."""
-    inner = set(bn_layers(model))
-    return [m.bn1.num_features for n, m in model.named_modules() if f"{n}.bn1" in inner]
+    return [m.bn1.num_features for m in model.modules() if isinstance(m, Residual)]
 
 
 @torch.no_grad()
 def _prune_resnet(model: nn.Module, keep: dict[str, torch.Tensor]) -> nn.Module:
     """A ResNet: each block keeps the filters of its first convolution (and their BatchNorm entries) for its
     kept inner channels, and its second convolution the matching input slices; everything else is copied."""
-    names = bn_layers(model)
-    rows = {n: _kept_rows(keep[n]) for n in names}
-    inner = tuple(len(rows[n][0]) for n in names)
-    device = model.fc.weight.device
+    rows = {n: _kept_rows(keep[n]) for n in bn_layers(model)}
+    inner = tuple(len(idx) for idx, _ in rows.values())
     if isinstance(model, ResNet):
         small = ResNet(model.input_shape, model.depth, model.fc.out_features, stages=model.stages, inner=inner)
     else:
         small = ImageNetResNet(model.input_shape, model.blocks_per_stage, model.fc.out_features, model.name,
                                stages=model.stages, inner=inner)
+    device = model.fc.weight.device
     small = small.to(device)
-    small.load_state_dict({k: v for k, v in model.state_dict().items() if not any(
-        k.startswith(n[:-len("bn1")] + p) for n in names for p in ("conv1.", "bn1.", "conv2."))}, strict=False)
-    little_modules = dict(small.named_modules())
-    for n in names:
-        block, idx_empty = n[:-len(".bn1")], rows[n]
-        idx, empty = idx_empty[0].to(device), idx_empty[1]
-        big, little = dict(model.named_modules())[block], little_modules[block]
+    shapes = {k: v.shape for k, v in small.state_dict().items()}
+    # every tensor outside the pruned blocks' inner channels has its shape, and is copied as it is
+    small.load_state_dict({k: v for k, v in model.state_dict().items() if v.shape == shapes[k]}, strict=False)
+    big_modules, little_modules = dict(model.named_modules()), dict(small.named_modules())
+    for n, (idx, empty) in rows.items():
+        block = n.removesuffix(".bn1")
+        big, little, idx = big_modules[block], little_modules[block], idx.to(device)
         little.conv1.weight.copy_(big.conv1.weight.index_select(0, idx))
         _copy_bn(little.bn1, big.bn1, idx, empty)
         little.conv2.weight.copy_(big.conv2.weight.index_select(1, idx))

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import base64
 import html
+import io
 import json
 import math
 import re
@@ -900,6 +901,7 @@ def sweep_section(sweep: SweepFolder) -> Section:
     rows = [x for x in sweep.rows if arm is None or x.get("arm", arm) == arm]
     levels = sorted({x[step] for x in rows if isinstance(x.get(step), (int, float)) and not isinstance(x.get(step), bool)})
     keep_levels = sorted({levels[0], levels[-1]}) if levels else [None]
+    what = {"ticket": "tickets", "pruned": "pruned networks"}.get(arm, "networks")
     named = lambda keys, values: ", ".join(f"{a}={v}" if a in sweep.axes else str(v) for a, v in zip(keys, values))
     if not sweep.rows:
         sec.notes.append("no finished point yet")
@@ -913,11 +915,9 @@ def sweep_section(sweep: SweepFolder) -> Section:
             for key, vals in g.items():
                 if wr.get(key):
                     curves_.setdefault(named(keys[:-1], key[:-1]), []).append((mean_std(wr[key])[0], *mean_std(vals), len(vals)))
-            what = {"ticket": "tickets", "pruned": "pruned networks"}.get(arm, "networks")
             return accuracy_vs_sparsity([("", curves_, None)], f"{sweep.of} sweep: {what}, test accuracy per point")
         sec.figure("Test accuracy vs % weights remaining, per point", vs_sparsity,
-                   "The " + {"ticket": "tickets", "pruned": "pruned networks (no controls)"}.get(arm, "networks")
-                   + " of every point of the sweep" + (f", a curve per point and {', '.join(inner)}" if inner else "")
+                   f"The {what}{' (no controls)' if arm == 'pruned' else ''} of every point of the sweep" + (f", a curve per point and {', '.join(inner)}" if inner else "")
                    + ", mean over seeds and a band of one std.")
     for metric in metrics:
         for axis in sweep.axes:
@@ -1288,27 +1288,22 @@ def img(png: bytes, alt: str) -> str:
 def png_hover(png: bytes) -> tuple[tuple[int, int], list]:
     """((width, height), hover points) of a PNG written by `plots._png`; no points for any other PNG or a
     malformed text chunk (the figure is then shown without them)."""
+    from PIL import Image   # matplotlib's own dependency
+
     from .plots import HOVER_KEY
 
-    if png[:8] != b"\x89PNG\r\n\x1a\n" or len(png) < 24:
+    try:
+        with Image.open(io.BytesIO(png)) as im:   # reads the header and the text chunks before the pixels
+            size, text = im.size, im.info.get(HOVER_KEY)
+    except (OSError, SyntaxError, ValueError):
         return (0, 0), []
-    size = (int.from_bytes(png[16:20], "big"), int.from_bytes(png[20:24], "big"))
-    at, key = 8, HOVER_KEY.encode("latin-1") + b"\0"
-    while at + 8 <= len(png):
-        length, kind = int.from_bytes(png[at:at + 4], "big"), png[at + 4:at + 8]
-        data = png[at + 8:at + 8 + length]
-        if kind == b"tEXt" and data.startswith(key):
-            try:
-                points = json.loads(data[len(key):].decode("latin-1"))
-            except ValueError:
-                return size, []
-            ok = isinstance(points, list) and all(isinstance(p, list) and len(p) == 3 and isinstance(p[2], str)
-                                                  and all(isinstance(v, (int, float)) for v in p[:2]) for p in points)
-            return size, points if ok else []
-        if kind == b"IDAT":   # text chunks come first in ours
-            break
-        at += 12 + length
-    return size, []
+    try:
+        points = json.loads(text) if isinstance(text, str) else []
+    except ValueError:
+        return size, []
+    ok = isinstance(points, list) and all(isinstance(p, list) and len(p) == 3 and isinstance(p[2], str)
+                                          and all(isinstance(v, (int, float)) for v in p[:2]) for p in points)
+    return size, points if ok else []
 
 
 def rows_table(rows: list[dict], limit: int = 200) -> str:

@@ -192,7 +192,8 @@ class FOP(torch.optim.Optimizer):
             for p, grad, k in zip(params, grads, sides):
                 d = self._sgd_step(p, grad, self.state[p], group)
                 if k:
-                    torch.mul(d, -lr, out=steps[p])
+                    if rho:   # Z, kept for the next hypergradient (unused while M is frozen)
+                        torch.mul(d, -lr, out=steps[p])
                     self._apply(p, d, k, -lr)
                 else:
                     p.add_(d, alpha=-lr)
